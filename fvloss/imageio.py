@@ -1,0 +1,75 @@
+"""Image decoding with OpenCV, with errors that name the file.
+
+Every image fvloss reads (training data, verification pairs, alignment input) goes through
+:func:`read_rgb`, so grayscale / RGBA / palette / 16-bit files and truncated files behave the
+same everywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+__all__ = ["ImageReadError", "read_rgb", "IMAGE_EXTENSIONS"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageReadError(OSError):
+    """An image file could not be decoded; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | Path, reason: str):
+        self.path, self.reason = str(path), reason
+        super().__init__(f"{path}: {reason}")
+
+
+def _truncation(data: bytes) -> str | None:
+    """Return a reason if the encoded bytes are visibly cut short.
+
+    OpenCV decodes a truncated JPEG without error (libjpeg fills the missing rows with grey and
+    prints a warning), so a cut file would silently become a half-grey training image. A JPEG
+    must end with the EOI marker (FF D9), a PNG with its IEND chunk.
+    """
+    if data[:2] == b"\xff\xd8":
+        if b"\xff\xd9" not in data[-64:].rstrip(b"\x00\r\n "):
+            return "truncated JPEG (no end-of-image marker)"
+    elif data[:8] == b"\x89PNG\r\n\x1a\n":
+        if b"IEND" not in data[-32:]:
+            return "truncated PNG (no IEND chunk)"
+    return None
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an ``HxWx3`` uint8 RGB array.
+
+    Grayscale, gray+alpha, RGBA, palette and 16-bit images are converted to 8-bit RGB (alpha is
+    dropped). Raises :class:`ImageReadError` naming the file for missing, empty, undecodable or
+    truncated files.
+    """
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from e
+    if not data:
+        raise ImageReadError(path, "empty file")
+    reason = _truncation(data)
+    if reason:
+        raise ImageReadError(path, reason)
+    # imdecode from bytes (not imread) so that non-ASCII paths work on every platform.
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        raise ImageReadError(path, "not a decodable image")
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if img.ndim == 2 or img.shape[2] == 1:
+        return cv2.cvtColor(img.reshape(img.shape[:2]), cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 2:  # gray + alpha
+        return cv2.cvtColor(np.ascontiguousarray(img[..., 0]), cv2.COLOR_GRAY2RGB)
+    if img.shape[2] == 4:
+        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
