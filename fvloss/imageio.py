@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["ImageReadError", "read_rgb", "IMAGE_EXTENSIONS"]
+__all__ = ["ImageReadError", "read_rgb", "check_image", "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -25,8 +25,11 @@ class ImageReadError(OSError):
         super().__init__(f"{path}: {reason}")
 
 
+_MAGIC = (b"\xff\xd8", b"\x89PNG", b"BM", b"RIFF", b"II*\x00", b"MM\x00*", b"GIF8")
+
+
 def _truncation(data: bytes) -> str | None:
-    """Return a reason if the encoded bytes are visibly cut short.
+    """Return a reason if the encoded bytes (or their first and last 64 bytes) are cut short.
 
     OpenCV decodes a truncated JPEG without error (libjpeg fills the missing rows with grey and
     prints a warning), so a cut file would silently become a half-grey training image. A JPEG
@@ -39,6 +42,26 @@ def _truncation(data: bytes) -> str | None:
         if b"IEND" not in data[-32:]:
             return "truncated PNG (no IEND chunk)"
     return None
+
+
+def check_image(path: str | Path) -> str | None:
+    """A cheap check that reads only the first and last 64 bytes: ``None`` when ``path`` looks
+    like a complete image, else the reason it does not (used to vet large data sets up front;
+    :func:`read_rgb` still catches files that are corrupt in the middle)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            f.seek(0, 2)
+            size = f.tell()
+            f.seek(max(size - 64, 0))
+            tail = f.read()
+    except OSError as e:
+        return f"cannot read file ({e.strerror or e})"
+    if size == 0:
+        return "empty file"
+    if not head.startswith(_MAGIC):
+        return "not an image (unknown file signature)"
+    return _truncation(head[:8] + tail)
 
 
 def read_rgb(path: str | Path) -> np.ndarray:

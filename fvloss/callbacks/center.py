@@ -1,0 +1,140 @@
+"""Center loss as a fastai callback (Wen et al., ECCV 2016, https://ydwen.github.io/papers/WenECCV16.pdf)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
+from torch import nn
+
+__all__ = ["CenterLoss", "center_loss_term", "center_update"]
+
+CENTERS = "center_loss_centers"  # name of the buffer the callback registers on learn.model
+
+
+def center_loss_term(
+    feats: torch.Tensor, centers: torch.Tensor, target: torch.Tensor, reduction: str = "mean"
+) -> torch.Tensor:
+    """``1/2 * ||x_i - c_{y_i}||^2`` summed over the batch (``"sum"``, the paper's equation) or
+    averaged (``"mean"``, what the authors' Caffe layer computes: it divides by the batch size)."""
+    d = 0.5 * (feats.float() - centers[target]).pow(2).sum(dim=1)
+    return d.sum() if reduction == "sum" else d.mean()
+
+
+@torch.no_grad()
+def center_update(
+    centers: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, alpha: float
+) -> None:
+    """The paper's rule, in place: ``c_j <- c_j - alpha * delta_c_j`` with
+    ``delta_c_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; classes absent from the batch stay put."""
+    feats = feats.float()
+    n = torch.bincount(target, minlength=centers.shape[0]).to(centers.dtype)
+    # sum_{i: y_i=j} (c_j - x_i) = n_j * c_j - sum_{i: y_i=j} x_i
+    sum_x = torch.zeros_like(centers).index_add_(0, target, feats)
+    delta = (n[:, None] * centers - sum_x) / (1.0 + n[:, None])
+    centers.sub_(alpha * delta)
+
+
+class CenterLoss(Callback):
+    """Adds ``lam * center_loss_term(embeddings, centers, y)`` to the loss, and after every
+    optimizer step that really happened moves the centers by the paper's update rule.
+
+    The centers are a buffer named ``center_loss_centers`` on ``learn.model``: ``learn.save`` /
+    ``learn.load`` keep them, ``lr_find`` restores them, and since they are not parameters the
+    optimizer, weight decay and the grad scaler never touch them (the paper updates them with
+    their own rate ``alpha``, not by SGD).
+
+    Args:
+        n_classes: number of training identities.
+        emb_dim: embedding width.
+        lam: weight of the center term. Default 0.003, the paper's value for its face models
+            (its Fig. 5 shows 0.001-0.01 working; the assignment's code used 0.007).
+        alpha: center learning rate, the paper's 0.5.
+        reduction: ``"mean"`` over the batch (the authors' Caffe layer, makes ``lam`` independent
+            of the batch size) or ``"sum"`` (the paper's equation 2 as printed).
+        layer: picks the module whose output are the embeddings, default ``model.embedder``
+            (fvloss's ``FaceNet``); pass e.g. ``lambda m: m[0]`` to reuse the callback elsewhere.
+    """
+
+    # After MixedPrecision (10): its after_loss has left autocast, so the term is computed in
+    # float32, and its before_step has decided whether the step is skipped before ours runs.
+    order = MixedPrecision.order + 5
+
+    def __init__(
+        self,
+        n_classes: int,
+        emb_dim: int,
+        lam: float = 0.003,
+        alpha: float = 0.5,
+        reduction: str = "mean",
+        layer: Callable[[nn.Module], nn.Module] | None = None,
+    ):
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        self.n_classes, self.emb_dim, self.lam, self.alpha = n_classes, emb_dim, lam, alpha
+        self.reduction, self.layer = reduction, layer
+        self._hook, self._feats, self._target, self._skipped = None, None, None, False
+
+    # -- attaching the centers to the model ------------------------------------------------
+    def after_create(self) -> None:
+        self.attach(self.learn.model)
+
+    def attach(self, model: nn.Module) -> None:
+        """Register the centers buffer on ``model`` (idempotent), so that ``learn.load`` works
+        before any training."""
+        if not hasattr(model, CENTERS):
+            p = next(model.parameters(), None)
+            model.register_buffer(
+                CENTERS,
+                torch.zeros(self.n_classes, self.emb_dim, device=None if p is None else p.device),
+            )
+
+    @property
+    def centers(self) -> torch.Tensor:
+        return getattr(self.learn.model, CENTERS)
+
+    def _embedding_module(self) -> nn.Module:
+        if self.layer is not None:
+            return self.layer(self.learn.model)
+        if not hasattr(self.learn.model, "embedder"):
+            raise AttributeError(
+                "CenterLoss: the model has no `embedder`; pass layer=lambda model: <the module that outputs the embeddings>"
+            )
+        return self.learn.model.embedder
+
+    # -- fastai events -----------------------------------------------------------------------
+    def before_fit(self) -> None:
+        self.attach(self.learn.model)
+        self._hook = self._embedding_module().register_forward_hook(self._grab)
+
+    def _grab(self, module: nn.Module, inp, out: torch.Tensor) -> None:
+        self._feats = out
+
+    def after_loss(self) -> None:
+        if not self.training or self._feats is None:
+            return
+        target = self.learn.yb[0]
+        term = center_loss_term(self._feats, self.centers, target, self.reduction)
+        self.learn.loss_grad = self.learn.loss_grad + self.lam * term
+        self.learn.loss = self.learn.loss_grad.clone()
+        self._target, self._skipped = target, False
+
+    def after_cancel_step(self) -> None:
+        # fastai still calls after_step when a step is cancelled (GradScaler found inf/NaN,
+        # gradient accumulation between steps): the centers must not move then.
+        self._skipped = True
+
+    def after_step(self) -> None:
+        if self._skipped or self._feats is None:
+            return
+        center_update(self.centers, self._feats.detach(), self._target, self.alpha)
+
+    def after_batch(self) -> None:
+        self._feats = self._target = None  # don't keep the graph alive between batches
+
+    def after_fit(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None

@@ -1,0 +1,60 @@
+"""Per-epoch checkpoints that a run can resume from."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from fastai.callback.core import Callback
+from fastai.learner import Learner
+
+__all__ = ["EpochCheckpoint", "load_checkpoint"]
+
+LAST = "last"  # checkpoints/last.pth (weights + optimizer) and checkpoints/last.json
+
+
+class EpochCheckpoint(Callback):
+    """After every epoch, save model + optimizer to ``checkpoints/last.pth`` and the epoch
+    number, lr and recorder values to ``last.json``; one file, replaced atomically, so a killed
+    run loses at most the epoch in progress and never leaves a half-written checkpoint."""
+
+    order = 61  # after the Recorder (50) and ProgressCallback (60): the epoch's values are final
+
+    def __init__(self, lr: float):
+        self.lr = lr
+
+    def after_epoch(self) -> None:
+        if hasattr(self.learn, "lr_finder"):
+            return
+        d = self.learn.path / self.learn.model_dir
+        d.mkdir(parents=True, exist_ok=True)
+        self.learn.save(f"{LAST}.tmp", with_opt=True)
+        os.replace(d / f"{LAST}.tmp.pth", d / f"{LAST}.pth")
+        meta = {
+            "epoch": self.epoch + 1,
+            "lr": self.lr,
+            "values": [list(map(_jsonable, v)) for v in self.recorder.values],
+        }
+        (d / f"{LAST}.json.tmp").write_text(json.dumps(meta))
+        os.replace(d / f"{LAST}.json.tmp", d / f"{LAST}.json")
+
+
+def _jsonable(v):
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def load_checkpoint(learn: Learner, run_dir: str | Path) -> tuple[int, float]:
+    """Load ``run_dir``'s last checkpoint into ``learn``; returns (next epoch, lr)."""
+    d = Path(run_dir) / learn.model_dir
+    meta_path = d / f"{LAST}.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(
+            f"{meta_path}: no checkpoint to resume from (none finished an epoch yet?)"
+        )
+    meta = json.loads(meta_path.read_text())
+    learn.load(LAST, with_opt=True)
+    return int(meta["epoch"]), float(meta["lr"])

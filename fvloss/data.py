@@ -1,0 +1,316 @@
+"""Identity-labelled face data (``root/<identity>/<image>``) as fastai ``DataLoaders``.
+
+The pieces, each usable on its own:
+
+* :func:`scan_identities` lists images and labels and reports empty folders, one-image
+  identities and unreadable files (raising, or skipping and counting them);
+* :func:`split_identities` holds out whole identities (verification needs unseen people);
+* :func:`train_pipeline` / :func:`eval_pipeline` are Albumentations pipelines;
+* :class:`AlbumentationsTransform` bridges them into a fastai ``DataBlock`` as *one* item
+  transform that picks the train or eval pipeline by split;
+* :func:`face_dls` puts it all together.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before the import: no network call
+
+import albumentations as A  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from fastai.data.block import CategoryBlock, DataBlock, TransformBlock  # noqa: E402
+from fastai.data.core import DataLoaders  # noqa: E402
+from fastai.data.transforms import (
+    IndexSplitter,  # noqa: E402
+    Transform,  # noqa: E402
+)
+from fastai.torch_core import TensorImage  # noqa: E402
+
+from .imageio import IMAGE_EXTENSIONS, ImageReadError, check_image, read_rgb  # noqa: E402
+
+__all__ = [
+    "DataReport",
+    "IdentityIndex",
+    "scan_identities",
+    "split_identities",
+    "train_pipeline",
+    "eval_pipeline",
+    "AlbumentationsTransform",
+    "face_dls",
+]
+
+
+# -- scanning -----------------------------------------------------------------------------------
+@dataclass
+class DataReport:
+    """What a scan found: counts, plus the folders and files that were not used, and why."""
+
+    root: str
+    n_identities: int = 0
+    n_images: int = 0
+    empty_identities: list[str] = field(default_factory=list)
+    single_image_identities: list[str] = field(default_factory=list)
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+    loose_files: int = 0  # images directly under root, with no identity folder
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "n_identities": self.n_identities,
+            "n_images": self.n_images,
+            "n_empty_identities": len(self.empty_identities),
+            "n_single_image_identities": len(self.single_image_identities),
+            "n_bad_files": len(self.bad_files),
+            "n_loose_files": self.loose_files,
+            "empty_identities": self.empty_identities,
+            "single_image_identities": self.single_image_identities,
+            "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
+        }
+
+    def summary(self) -> str:
+        s = f"{self.root}: {self.n_images} images of {self.n_identities} identities"
+        extra = []
+        if self.empty_identities:
+            extra.append(f"{len(self.empty_identities)} empty identity folders")
+        if self.single_image_identities:
+            extra.append(
+                f"{len(self.single_image_identities)} one-image identities (no same-person pairs)"
+            )
+        if self.bad_files:
+            extra.append(f"{len(self.bad_files)} unreadable files skipped")
+        if self.loose_files:
+            extra.append(f"{self.loose_files} images outside identity folders ignored")
+        return s + ("; " + ", ".join(extra) if extra else "")
+
+
+@dataclass
+class IdentityIndex:
+    """Image paths and their identity names, plus the scan's report."""
+
+    items: list[Path]
+    labels: list[str]
+    report: DataReport
+
+    @property
+    def identities(self) -> list[str]:
+        return sorted(set(self.labels))
+
+
+def _is_image(p: Path) -> bool:
+    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+
+
+def scan_identities(
+    root: str | Path, check: str = "quick", skip_bad: bool = False
+) -> IdentityIndex:
+    """List ``root/<identity>/**/<image>`` in a deterministic (sorted) order.
+
+    Args:
+        check: ``"quick"`` reads each file's first and last bytes (catches empty, non-image and
+            truncated files cheaply), ``"full"`` decodes every image, ``"none"`` trusts the files.
+        skip_bad: skip files that fail the check and count them in the report; otherwise the
+            first one raises :class:`~fvloss.imageio.ImageReadError` naming it.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found")
+    if check not in ("quick", "full", "none"):
+        raise ValueError(f"check must be 'quick', 'full' or 'none', got {check!r}")
+    report = DataReport(root=str(root))
+    items: list[Path] = []
+    labels: list[str] = []
+    for entry in sorted(root.iterdir()):
+        if entry.is_file():
+            report.loose_files += _is_image(entry)
+            continue
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        files = sorted(p for p in entry.rglob("*") if p.is_file() and _is_image(p))
+        good = []
+        for p in files:
+            reason = None
+            if check == "quick":
+                reason = check_image(p)
+            elif check == "full":
+                try:
+                    read_rgb(p)
+                except ImageReadError as e:
+                    reason = e.reason
+            if reason is None:
+                good.append(p)
+            elif skip_bad:
+                report.bad_files.append((str(p), reason))
+            else:
+                raise ImageReadError(
+                    p, reason + " (pass skip_bad=True / --skip-bad to skip and report such files)"
+                )
+        if not good:
+            report.empty_identities.append(entry.name)
+            continue
+        if len(good) == 1:
+            report.single_image_identities.append(entry.name)
+        items += good
+        labels += [entry.name] * len(good)
+    report.n_images, report.n_identities = len(items), len(set(labels))
+    if not items:
+        raise ValueError(
+            f"{root}: no images found in identity sub-folders (expected root/<identity>/<image>)"
+        )
+    return IdentityIndex(items, labels, report)
+
+
+def split_identities(
+    identities: list[str], valid_pct: float = 0.1, seed: int = 42
+) -> tuple[list[str], list[str]]:
+    """Hold out ``valid_pct`` of the identities (at least 2 when there are 4 or more), chosen by
+    ``seed`` independently of the global RNG state. Returns sorted (train, valid) names."""
+    ids = sorted(set(identities))
+    if not 0 <= valid_pct < 1:
+        raise ValueError(f"valid_pct must be in [0, 1), got {valid_pct}")
+    n_valid = round(len(ids) * valid_pct)
+    if valid_pct > 0 and len(ids) >= 4:
+        n_valid = max(n_valid, 2)
+    if len(ids) - n_valid < 2:
+        raise ValueError(f"{len(ids)} identities are too few to hold out {n_valid} for validation")
+    valid = set(random.Random(seed).sample(ids, n_valid))
+    return [i for i in ids if i not in valid], [i for i in ids if i in valid]
+
+
+# -- augmentation -------------------------------------------------------------------------------
+def _normalize(mean: float, std: float) -> A.Normalize:
+    return A.Normalize(mean=(mean,) * 3, std=(std,) * 3, max_pixel_value=255.0)
+
+
+def train_pipeline(
+    size: int = 160,
+    hflip: float = 0.5,
+    mean: float = 0.5,
+    std: float = 0.5,
+    extra: list[dict[str, Any]] | None = None,
+) -> A.Compose:
+    """The assignment's training pipeline: Resize, HorizontalFlip, Normalize(0.5, 0.5).
+
+    ``extra`` adds Albumentations transforms by name before the normalisation, e.g.
+    ``[{"transform": "RandomBrightnessContrast", "p": 0.3}]`` (how TOML recipes configure it).
+    """
+    tfms: list[A.BasicTransform] = [A.Resize(size, size)]
+    if hflip:
+        tfms.append(A.HorizontalFlip(p=hflip))
+    for spec in extra or []:
+        spec = dict(spec)
+        name = spec.pop("transform")
+        if not hasattr(A, name):
+            raise ValueError(f"unknown albumentations transform {name!r}")
+        tfms.append(getattr(A, name)(**spec))
+    return A.Compose([*tfms, _normalize(mean, std)])
+
+
+def eval_pipeline(size: int = 160, mean: float = 0.5, std: float = 0.5) -> A.Compose:
+    """Resize + Normalize, for validation and verification."""
+    return A.Compose([A.Resize(size, size), _normalize(mean, std)])
+
+
+def to_tensor(img: np.ndarray) -> torch.Tensor:
+    """HWC float32 -> CHW tensor (no copy of the data beyond the transpose)."""
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+class EvalTransform:
+    """``RGB uint8 HxWx3 -> normalised CHW float tensor``: what verification embeds with."""
+
+    def __init__(self, size: int = 160, mean: float = 0.5, std: float = 0.5):
+        self.pipeline = eval_pipeline(size, mean, std)
+
+    def __call__(self, img: np.ndarray) -> torch.Tensor:
+        return to_tensor(self.pipeline(image=img)["image"])
+
+
+class AlbumentationsTransform(Transform):
+    """One fastai item transform holding both pipelines, choosing by split.
+
+    One transform rather than two: a ``DataBlock`` keeps only the last of several item
+    transforms of the same class, so a train and a valid instance would collapse into one. The
+    output is already normalised float, so the block is a plain ``TransformBlock``, not
+    ``ImageBlock`` (whose ``IntToFloatTensor`` would divide by 255 a second time).
+    """
+
+    split_idx, order = None, 2
+
+    def __init__(self, train: A.Compose, valid: A.Compose, mean: float = 0.5, std: float = 0.5):
+        super().__init__()
+        self.train, self.valid, self.mean, self.std = train, valid, mean, std
+        self._split = 0
+
+    def __call__(self, b, split_idx: int | None = None, **kwargs):
+        self._split = split_idx  # fastai passes 0 for the training set, 1 for validation
+        return super().__call__(b, split_idx=split_idx, **kwargs)
+
+    def encodes(self, img: np.ndarray) -> TensorImage:
+        pipe = self.train if self._split == 0 else self.valid
+        return TensorImage(to_tensor(pipe(image=img)["image"]))
+
+    def decodes(self, x: TensorImage) -> TensorImage:
+        # back to [0, 1] for show_batch
+        return TensorImage((x * self.std + self.mean).clamp(0, 1))
+
+
+def face_dls(
+    root: str | Path,
+    img_size: int = 160,
+    bs: int = 64,
+    valid_pct: float = 0.1,
+    seed: int = 42,
+    hflip: float = 0.5,
+    mean: float = 0.5,
+    std: float = 0.5,
+    extra_aug: list[dict[str, Any]] | None = None,
+    check: str = "quick",
+    skip_bad: bool = False,
+    num_workers: int | None = None,
+    device: torch.device | str | None = None,
+    index: IdentityIndex | None = None,
+) -> DataLoaders:
+    """Training / validation ``DataLoaders`` for an identity folder, split by identity.
+
+    Labels of the training identities are ``0..n_classes-1`` (``dls.n_classes``); validation
+    identities come after them in ``dls.vocab`` and only serve verification pairs. The scan's
+    :class:`DataReport` is ``dls.report``.
+    """
+    index = index or scan_identities(root, check=check, skip_bad=skip_bad)
+    train_ids, valid_ids = split_identities(index.labels, valid_pct, seed)
+    train_set = set(train_ids)
+    valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
+    block = DataBlock(
+        blocks=(
+            TransformBlock(type_tfms=read_rgb),
+            CategoryBlock(vocab=train_ids + valid_ids, sort=False),
+        ),
+        get_y=partial(_label_of, root=Path(root)),
+        splitter=IndexSplitter(valid_idx),
+        item_tfms=AlbumentationsTransform(
+            train_pipeline(img_size, hflip, mean, std, extra_aug),
+            eval_pipeline(img_size, mean, std),
+            mean,
+            std,
+        ),
+    )
+    kw: dict[str, Any] = {"bs": bs, "device": device}
+    if num_workers is not None:
+        kw["num_workers"] = num_workers
+    dls = block.dataloaders(index.items, **kw)
+    dls.n_classes = len(train_ids)
+    dls.train_identities, dls.valid_identities = train_ids, valid_ids
+    dls.report = index.report
+    return dls
+
+
+def _label_of(p: Path, root: str | Path) -> str:
+    """The identity of ``p``: its first folder below ``root`` (images may sit in sub-folders)."""
+    return p.relative_to(root).parts[0]

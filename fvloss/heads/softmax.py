@@ -1,0 +1,22 @@
+"""Softmax cross-entropy over a linear classifier: the assignment's baseline."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import Head
+
+__all__ = ["SoftmaxHead"]
+
+
+class SoftmaxHead(Head):
+    """``logits = W x + b``; loss = cross-entropy (inherited from :class:`Head`)."""
+
+    def __init__(self, emb_dim: int, n_classes: int, bias: bool = True):
+        super().__init__()
+        self.fc = nn.Linear(emb_dim, n_classes, bias=bias)
+        self.n_classes = n_classes
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.fc(emb)

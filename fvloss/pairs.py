@@ -1,0 +1,422 @@
+"""Face-verification pair protocols, parsed into one :class:`PairSet`.
+
+Three file formats are read:
+
+* ``lfw``: LFW's ``pairs.txt``. A header, then ``name i j`` (same person) and
+  ``name1 i name2 j`` (different people) lines; images at ``root/name/name_NNNN.jpg``. A header
+  ``"10 300"`` (View 2) means 10 folds of 300 same then 300 different pairs, and the fold ids
+  come from that layout; a single count ``"500"`` (View 1, e.g. ``pairsDevTest.txt``) means one
+  set of 500 same then 500 different pairs, without folds.
+* ``assignment``: no header, the same two line shapes, images at ``root/name_i.jpg`` (or
+  ``.png``/``.jpeg``), with ``i`` written as in the file.
+* ``csv``: ``path1,path2,same`` rows (paths relative to ``root`` or absolute, ``same`` one of
+  1/0, true/false, yes/no, same/different), with an optional header row.
+
+A malformed line or a missing image raises :class:`PairFileError` naming the file and line.
+With ``skip_missing=True`` the pair is dropped instead and the reason is kept in
+``PairSet.skipped``, so every report can say how many pairs it did not score.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "FORMATS",
+    "PairFileError",
+    "PairSet",
+    "detect_format",
+    "read_pairs",
+    "read_lfw_pairs",
+    "read_assignment_pairs",
+    "read_csv_pairs",
+]
+
+FORMATS = ("lfw", "assignment", "csv")
+_ASSIGNMENT_EXTS = (".jpg", ".png", ".jpeg")
+_TRUE = {"1", "true", "yes", "same", "y", "t"}
+_FALSE = {"0", "false", "no", "different", "diff", "n", "f"}
+
+
+class PairFileError(ValueError):
+    """A pair file is malformed or names an image that does not exist."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str):
+        self.path, self.line, self.reason = str(path), line, reason
+        where = f"{path}, line {line}" if line else str(path)
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass
+class PairSet:
+    """Verification pairs over a list of unique images.
+
+    ``index[k] = (a, b)`` says pair ``k`` compares ``paths[a]`` with ``paths[b]``; keeping the
+    images unique lets an evaluation embed each image once however many pairs use it.
+    ``folds`` holds a fold id per pair when the file defines folds (LFW View 2), else ``None``.
+    """
+
+    paths: list[Path]
+    index: np.ndarray  # (P, 2) int64 into ``paths``
+    same: np.ndarray  # (P,) bool
+    folds: np.ndarray | None = None  # (P,) int64 fold ids, or None when the file has none
+    lines: np.ndarray | None = None  # (P,) int64 line number of each pair in ``source``
+    source: str = ""
+    skipped: list[str] = field(default_factory=list)  # one message per dropped pair
+    format: str = ""  # the file format it was read from, when read from a file
+
+    def __post_init__(self) -> None:
+        self.index = np.asarray(self.index, dtype=np.int64).reshape(-1, 2)
+        self.same = np.asarray(self.same, dtype=bool).reshape(-1)
+        n = len(self.same)
+        if len(self.index) != n:
+            raise ValueError(f"index has {len(self.index)} pairs but same has {n}")
+        if n and (self.index.min() < 0 or self.index.max() >= len(self.paths)):
+            raise ValueError("pair index out of range of paths")
+        if self.folds is not None:
+            self.folds = np.asarray(self.folds, dtype=np.int64).reshape(-1)
+            if len(self.folds) != n:
+                raise ValueError(f"folds has {len(self.folds)} entries for {n} pairs")
+        if self.lines is not None:
+            self.lines = np.asarray(self.lines, dtype=np.int64).reshape(-1)
+
+    def __len__(self) -> int:
+        return len(self.same)
+
+    @property
+    def n_skipped(self) -> int:
+        """Number of pairs the file named but this set does not hold."""
+        return len(self.skipped)
+
+    @property
+    def n_same(self) -> int:
+        return int(self.same.sum())
+
+    @property
+    def n_different(self) -> int:
+        return len(self) - self.n_same
+
+    def pair_paths(self, k: int) -> tuple[Path, Path]:
+        """The two image paths of pair ``k``."""
+        a, b = self.index[k]
+        return self.paths[a], self.paths[b]
+
+    def subset(self, keep: np.ndarray, reasons: Iterable[str] = ()) -> PairSet:
+        """The pairs where ``keep`` is true; ``reasons`` (one per dropped pair) join ``skipped``.
+
+        Images no kept pair uses are dropped from ``paths``.
+        """
+        keep = np.asarray(keep, dtype=bool)
+        index = self.index[keep]
+        used = np.unique(index)
+        remap = np.full(len(self.paths), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        return PairSet(
+            paths=[self.paths[i] for i in used],
+            index=remap[index],
+            same=self.same[keep],
+            folds=None if self.folds is None else self.folds[keep],
+            lines=None if self.lines is None else self.lines[keep],
+            source=self.source,
+            skipped=[*self.skipped, *reasons],
+            format=self.format,
+        )
+
+    @classmethod
+    def from_pairs(
+        cls,
+        pairs: Iterable[tuple[str | Path, str | Path, bool]],
+        folds: Sequence[int] | None = None,
+        source: str = "",
+    ) -> PairSet:
+        """Build a set from ``(path1, path2, same)`` triples (no file, no existence check)."""
+        builder = _Builder(source)
+        for n, (p1, p2, same) in enumerate(pairs, start=1):
+            builder.add(Path(p1), Path(p2), bool(same), line=n)
+        return builder.build(folds=None if folds is None else np.asarray(folds))
+
+
+class _Builder:
+    """Collects pairs while de-duplicating image paths."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.path_ids: dict[Path, int] = {}
+        self.index: list[tuple[int, int]] = []
+        self.same: list[bool] = []
+        self.lines: list[int] = []
+        self.positions: list[int] = []  # position of each kept pair among the file's pair lines
+        self.skipped: list[str] = []
+
+    def _id(self, path: Path) -> int:
+        return self.path_ids.setdefault(path, len(self.path_ids))
+
+    def add(self, p1: Path, p2: Path, same: bool, line: int, position: int = -1) -> None:
+        self.index.append((self._id(p1), self._id(p2)))
+        self.same.append(same)
+        self.lines.append(line)
+        self.positions.append(position)
+
+    def build(self, folds: np.ndarray | None = None) -> PairSet:
+        return PairSet(
+            paths=list(self.path_ids),
+            index=np.array(self.index, dtype=np.int64).reshape(-1, 2),
+            same=np.array(self.same, dtype=bool),
+            folds=folds,
+            lines=np.array(self.lines, dtype=np.int64),
+            source=self.source,
+            skipped=list(self.skipped),
+        )
+
+
+class _Problems:
+    """Raise at the first problem, or (``skip_missing``) record it and go on."""
+
+    def __init__(self, path: Path, skip: bool):
+        self.path, self.skip = path, skip
+        self.messages: list[str] = []
+
+    def __call__(self, line: int, reason: str) -> None:
+        if not self.skip:
+            raise PairFileError(self.path, line, reason)
+        self.messages.append(f"{self.path.name}, line {line}: {reason}")
+
+
+def _data_lines(path: Path) -> list[tuple[int, str]]:
+    """Non-blank lines with their 1-based line numbers."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as e:
+        raise PairFileError(path, None, f"cannot read pair file ({e.strerror or e})") from e
+    return [(n, s.strip()) for n, s in enumerate(text.splitlines(), start=1) if s.strip()]
+
+
+def _parse_pair_fields(fields: list[str]) -> tuple[str, str, str, str, bool]:
+    """``name i j`` or ``name1 i name2 j`` -> (name1, i, name2, j, same); ValueError if neither."""
+    if len(fields) == 3:
+        name, i, j = fields
+        name1 = name2 = name
+        same = True
+    elif len(fields) == 4:
+        name1, i, name2, j = fields
+        same = False
+    else:
+        raise ValueError(
+            f"expected 'name i j' or 'name1 i name2 j', got {len(fields)} fields: {' '.join(fields)!r}"
+        )
+    for tok in (i, j):
+        if not tok.isdigit():
+            raise ValueError(f"image number {tok!r} is not a non-negative integer")
+    return name1, i, name2, j, same
+
+
+def _parse_header(path: Path, line: int, text: str) -> tuple[int, int]:
+    """LFW header -> (n_folds, pairs per class per fold); a single count means one fold."""
+    fields = text.split()
+    if not 1 <= len(fields) <= 2 or not all(f.isdigit() for f in fields):
+        raise PairFileError(path, line, f"expected an LFW header ('N' or 'FOLDS N'), got {text!r}")
+    nums = [int(f) for f in fields]
+    n_folds, per_class = (1, nums[0]) if len(nums) == 1 else (nums[0], nums[1])
+    if n_folds < 1 or per_class < 1:
+        raise PairFileError(path, line, f"header {text!r} describes no pairs")
+    return n_folds, per_class
+
+
+def _missing_hint(root: Path) -> str:
+    """A hint for the usual mistake of pointing ``root`` one level too high."""
+    if (root / "images").is_dir():
+        return f" (root {root} has an 'images' folder: did you mean --root {root / 'images'}?)"
+    return ""
+
+
+def read_lfw_pairs(
+    path: str | Path, root: str | Path | None = None, skip_missing: bool = False
+) -> PairSet:
+    """Read an LFW ``pairs.txt``-style file (see module docstring); ``root`` defaults to its folder."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    lines = _data_lines(path)
+    if not lines:
+        raise PairFileError(path, None, "empty pair file")
+    n_folds, per_class = _parse_header(path, *lines[0])
+    body = lines[1:]
+    expected = n_folds * 2 * per_class
+    if len(body) != expected:
+        layout = f"{n_folds} folds x " if n_folds > 1 else ""
+        raise PairFileError(
+            path,
+            lines[0][0],
+            f"header promises {layout}{per_class} same + {per_class} different pairs "
+            f"= {expected} lines, but the file has {len(body)} pair lines",
+        )
+    problems = _Problems(path, skip_missing)
+    builder = _Builder(str(path))
+    exists: dict[Path, bool] = {}
+    hint = None
+    for pos, (n, text) in enumerate(body):
+        expect_same = pos % (2 * per_class) < per_class
+        try:
+            name1, i, name2, j, same = _parse_pair_fields(text.split())
+        except ValueError as e:
+            problems(n, str(e))
+            continue
+        if same != expect_same:
+            fold = pos // (2 * per_class) + 1
+            want = "same-person ('name i j')" if expect_same else "different-person"
+            problems(n, f"expected a {want} line here (fold {fold} of the header's layout)")
+            continue
+        p1 = root / name1 / f"{name1}_{int(i):04d}.jpg"
+        p2 = root / name2 / f"{name2}_{int(j):04d}.jpg"
+        missing = [p for p in (p1, p2) if not exists.setdefault(p, p.is_file())]
+        if missing:
+            hint = _missing_hint(root) if hint is None else hint
+            problems(n, f"image not found: {missing[0]}{hint}")
+            continue
+        builder.add(p1, p2, same, line=n, position=pos)
+    builder.skipped = problems.messages
+    folds = None
+    if n_folds > 1:
+        folds = np.array(builder.positions, dtype=np.int64) // (2 * per_class)
+    return builder.build(folds=folds)
+
+
+def _assignment_image(root: Path, name: str, i: str, cache: dict) -> Path | None:
+    key = (name, i)
+    if key not in cache:
+        cache[key] = next(
+            (p for ext in _ASSIGNMENT_EXTS if (p := root / f"{name}_{i}{ext}").is_file()), None
+        )
+    return cache[key]
+
+
+def read_assignment_pairs(
+    path: str | Path, root: str | Path | None = None, skip_missing: bool = False
+) -> PairSet:
+    """Read the assignment's header-less pair list; images are ``root/name_i.jpg`` or ``.png``."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    lines = _data_lines(path)
+    if not lines:
+        raise PairFileError(path, None, "empty pair file")
+    problems = _Problems(path, skip_missing)
+    builder = _Builder(str(path))
+    cache: dict = {}
+    for n, text in lines:
+        try:
+            name1, i, name2, j, same = _parse_pair_fields(text.split())
+        except ValueError as e:
+            problems(n, str(e))
+            continue
+        found = []
+        for name, k in ((name1, i), (name2, j)):
+            p = _assignment_image(root, name, k, cache)
+            if p is None:
+                tried = ", ".join(f"{name}_{k}{ext}" for ext in _ASSIGNMENT_EXTS)
+                problems(n, f"image not found: tried {tried} in {root}")
+                break
+            found.append(p)
+        else:
+            builder.add(found[0], found[1], same, line=n)
+    builder.skipped = problems.messages
+    return builder.build()
+
+
+def _parse_label(text: str) -> bool:
+    t = text.strip().lower()
+    if t in _TRUE:
+        return True
+    if t in _FALSE:
+        return False
+    raise ValueError(f"'same' must be 1/0, true/false, yes/no or same/different, got {text!r}")
+
+
+def read_csv_pairs(
+    path: str | Path, root: str | Path | None = None, skip_missing: bool = False
+) -> PairSet:
+    """Read ``path1,path2,same`` rows; a first row whose ``same`` is not a label is a header."""
+    path = Path(path)
+    root = path.parent if root is None else Path(root)
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            rows = [(n, row) for n, row in enumerate(csv.reader(f), start=1)]
+    except (OSError, csv.Error) as e:
+        raise PairFileError(path, None, f"cannot read CSV ({e})") from e
+    rows = [(n, [c.strip() for c in row]) for n, row in rows if any(c.strip() for c in row)]
+    if not rows:
+        raise PairFileError(path, None, "empty pair file")
+    problems = _Problems(path, skip_missing)
+    builder = _Builder(str(path))
+    exists: dict[Path, bool] = {}
+    for k, (n, row) in enumerate(rows):
+        if len(row) != 3:
+            problems(n, f"expected 3 columns path1,path2,same, got {len(row)}")
+            continue
+        # The optional header: a first row naming no image whose 'same' cell is not a label
+        # or is the column name itself ("path1,path2,same"). A typo in a first data row whose
+        # images exist is still reported below.
+        if k == 0 and not any((root / p).is_file() for p in row[:2]):
+            if row[2].lower() == "same" or row[2].lower() not in _TRUE | _FALSE:
+                continue
+        try:
+            same = _parse_label(row[2])
+        except ValueError as e:
+            problems(n, str(e))
+            continue
+        p1, p2 = (Path(p) if Path(p).is_absolute() else root / p for p in row[:2])
+        missing = [p for p in (p1, p2) if not exists.setdefault(p, p.is_file())]
+        if missing:
+            problems(n, f"image not found: {missing[0]}")
+            continue
+        builder.add(p1, p2, same, line=n)
+    builder.skipped = problems.messages
+    return builder.build()
+
+
+def detect_format(path: str | Path) -> str:
+    """Guess ``lfw``, ``assignment`` or ``csv`` from the file name and its first non-blank line."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        return "csv"
+    lines = _data_lines(path)
+    if not lines:
+        raise PairFileError(path, None, "empty pair file")
+    first = lines[0][1]
+    if "," in first:
+        return "csv"
+    fields = first.split()
+    if 1 <= len(fields) <= 2 and all(f.isdigit() for f in fields):
+        return "lfw"
+    return "assignment"
+
+
+_READERS = {"lfw": read_lfw_pairs, "assignment": read_assignment_pairs, "csv": read_csv_pairs}
+
+
+def read_pairs(
+    path: str | Path,
+    root: str | Path | None = None,
+    format: str = "auto",
+    skip_missing: bool = False,
+) -> PairSet:
+    """Read a pair file of ``format`` (``lfw``, ``assignment``, ``csv`` or ``auto``).
+
+    ``root`` is the image folder (default: the pair file's folder). Raises
+    :class:`PairFileError` at the first malformed line or missing image unless ``skip_missing``,
+    and also when no pair is left.
+    """
+    path = Path(path)
+    if format == "auto":
+        format = detect_format(path)
+    if format not in _READERS:
+        raise ValueError(f"unknown pair format {format!r}; expected one of {FORMATS} or 'auto'")
+    pairs = _READERS[format](path, root, skip_missing)
+    pairs.format = format
+    if len(pairs) == 0:
+        first = f"; first problem: {pairs.skipped[0]}" if pairs.skipped else ""
+        raise PairFileError(path, None, f"no usable pairs ({pairs.n_skipped} skipped){first}")
+    return pairs

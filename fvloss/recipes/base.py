@@ -1,0 +1,222 @@
+"""The one runner behind every recipe: data -> Learner -> lr_find -> fit -> evaluate -> run folder.
+
+A recipe module (``fvloss.recipes.arcface`` ...) only names what differs from the defaults in
+:class:`~fvloss.recipes.config.Config`, and calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .config import Config, resolve_config
+
+__all__ = ["run", "main", "recipe_main", "RunResult"]
+
+
+class RunResult(dict):
+    """What :func:`run` returns (and writes to ``metrics.json``)."""
+
+
+def _log(msg: str) -> None:
+    print(f"[fvloss] {msg}", flush=True)
+
+
+def _new_run_dir(cfg: Config) -> Path:
+    if cfg.run_dir:
+        return Path(cfg.run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.out) / f"{cfg.name or cfg.loss}-{stamp}"
+    d, k = base, 1
+    while d.exists():  # never write into another run's folder
+        d, k = Path(f"{base}-{k}"), k + 1
+    return d
+
+
+def _save_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)  # atomic: an interrupted run never leaves half a JSON
+
+
+def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
+    """Train and evaluate one experiment; returns (and saves) its metrics."""
+    import torch
+    from fastai.callback.schedule import valley
+    from fastai.torch_core import set_seed
+
+    from ..callbacks.checkpoint import EpochCheckpoint, load_checkpoint
+    from ..callbacks.precision import mixed_precision_cb
+    from ..data import face_dls
+    from ..learner import face_learner
+    from ..synthetic import SyntheticSpec, make_synthetic
+
+    t_start = time.time()
+    if cfg.resume:
+        run_dir = Path(cfg.resume)
+        saved = json.loads((run_dir / "config.json").read_text())
+        # the run's own settings win over defaults; only epochs may be extended on resume
+        cfg = Config(
+            **{
+                **saved,
+                "resume": str(run_dir),
+                "run_dir": str(run_dir),
+                **({"epochs": cfg.epochs} if source and "epochs" in source else {}),
+            }
+        )
+    else:
+        run_dir = _new_run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    data_name = "synthetic" if cfg.data is None else Path(cfg.data).name
+    if cfg.data is None:
+        spec = SyntheticSpec()
+        data = make_synthetic(spec)
+        _log(
+            f"no --data given: training on the embedded 'synthetic' data set ({spec.n_identities} identities x "
+            f"{spec.images_per_identity} procedural faces, {spec.size}px, in {data}) with its small-image settings "
+            f"img_size={cfg.img_size}, epochs={cfg.epochs}, lr_find_iters={cfg.lr_find_iters} (recipes/synthetic.toml)"
+        )
+    else:
+        data = Path(cfg.data)
+
+    set_seed(cfg.seed, reproducible=False)
+    dls = face_dls(
+        data, img_size=cfg.img_size, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, hflip=cfg.hflip,
+        mean=cfg.mean, std=cfg.std, extra_aug=cfg.extra_aug, check=cfg.check, skip_bad=cfg.skip_bad,
+        num_workers=None if cfg.workers < 0 else cfg.workers,
+    )  # fmt: skip
+    _log(f"data ({data_name}): {dls.report.summary()}")
+    _log(f"split by identity: {dls.n_classes} training identities ({len(dls.train_ds)} images), "
+         f"{len(dls.valid_identities)} validation identities ({len(dls.valid_ds)} images) for verification")  # fmt: skip
+
+    cbs = []
+    if cfg.pairs:
+        from ..data import EvalTransform
+        from ..evaluate import VerifyPairs
+        from ..pairs import read_pairs
+
+        pairset = read_pairs(
+            cfg.pairs, cfg.pairs_root, format=cfg.pairs_format, skip_missing=cfg.skip_bad
+        )
+        _log(
+            f"pairs: {pairset.source}: {len(pairset.index)} pairs, evaluated every epoch (columns pairs_*)"
+        )
+        cbs.append(
+            VerifyPairs(
+                pairset,
+                EvalTransform(cfg.img_size, cfg.mean, cfg.std),
+                flip=cfg.flip_tta,
+                prefix="pairs_",
+            )
+        )
+    learn = face_learner(
+        dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
+        head_kwargs=cfg.head_kwargs, center_lam=cfg.center_lam, center_alpha=cfg.center_alpha,
+        val_pairs=cfg.val_pairs or None, wd=cfg.wd, channels_last=cfg.channels_last, cbs=cbs,
+        path=run_dir, model_dir="checkpoints",
+    )  # fmt: skip
+    if not cfg.progress:
+        learn.no_bar()
+    xb, _ = dls.one_batch()
+    mp_cb, why = mixed_precision_cb(cfg.precision, dls.device, learn.model.to(dls.device), xb[:4])
+    if mp_cb is not None:
+        learn.add_cb(mp_cb)
+    _log(f"device {dls.device}; precision: {why}")
+
+    start_epoch, lr = 0, cfg.lr
+    if cfg.resume:
+        start_epoch, lr = load_checkpoint(learn, run_dir)
+        _log(f"resuming {run_dir} at epoch {start_epoch} with lr {lr:.3g}")
+    elif lr is None:
+        _log(f"lr_find ({cfg.lr_find_iters} iterations; weights are restored afterwards)")
+        sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
+        lr = float(sugg.valley)
+        fig = learn.recorder.plot_lr_find(suggestions=[lr], nms=["valley"], return_fig=True)
+        fig.savefig(run_dir / "lr_find.png", dpi=100, bbox_inches="tight")
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+        _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
+    resolved = {**cfg.to_dict(), "lr": lr, "data": str(data), "run_dir": str(run_dir)}
+    _save_json(run_dir / "config.json", resolved)
+    _save_json(run_dir / "data_report.json", dls.report.to_dict())
+
+    ckpt = EpochCheckpoint(lr)
+    t_fit = time.time()
+    fit = (
+        learn.fit_one_cycle
+        if cfg.schedule == "one_cycle"
+        else learn.fit_flat_cos
+        if cfg.schedule == "flat"
+        else None
+    )
+    if fit is None:
+        raise ValueError(f"schedule must be 'one_cycle' or 'flat', got {cfg.schedule!r}")
+    if start_epoch < cfg.epochs:
+        fit(cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt])
+    fit_s = time.time() - t_fit
+    learn.save(run_dir.resolve() / "model", with_opt=False)
+
+    # final evaluation on the validation identities (and the pair file, if any)
+    names = list(learn.recorder.metric_names[1:-1])
+    history = [
+        dict(zip(["epoch", *names], [e + start_epoch, *map(_num, vals)], strict=False))
+        for e, vals in enumerate(learn.recorder.values)
+    ]
+    n_seen = len(dls.train_ds) * max(cfg.epochs - start_epoch, 0)
+    result = RunResult(
+        name=cfg.name or cfg.loss, loss=cfg.loss, data=data_name, run_dir=str(run_dir), lr=lr,
+        precision=why, device=str(dls.device), epochs=cfg.epochs, history=history,
+        final=history[-1] if history else {}, train_time_s=round(fit_s, 1),
+        images_per_s=round(n_seen / fit_s, 1) if fit_s > 0 else None,
+        wall_time_s=round(time.time() - t_start, 1), torch=torch.__version__,
+        data_report={k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
+    )  # fmt: skip
+    if history and "auc" in history[0]:
+        best = max(history, key=lambda h: h.get("auc", float("-inf")))
+        result["best_epoch"] = best["epoch"]
+    _save_json(run_dir / "metrics.json", dict(result))
+    _log(
+        f"done in {result['wall_time_s']:.0f}s (training {fit_s:.0f}s, {result['images_per_s']} images/s)"
+    )
+    _log(
+        "final verification on held-out identities: "
+        + ", ".join(f"{k}={v:.4f}" for k, v in result["final"].items() if isinstance(v, float))
+    )
+    _log(f"run folder: {run_dir} (config.json, metrics.json, lr_find.png, model.pth, checkpoints/)")
+    return result
+
+
+def _num(v: Any) -> Any:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return v
+
+
+def main(
+    argv: list[str] | None = None, recipe: dict[str, Any] | None = None, prog: str = "fvloss train"
+) -> int:
+    """Command-line entry: ``fvloss train [--loss L] [--config FILE] [--FLAG VALUE ...]``."""
+    cfg, source = resolve_config(argv, recipe, prog=prog)
+    run(cfg, source)
+    return 0
+
+
+def recipe_main(loss: str, **overrides: Any):
+    """The ``main(argv=None)`` of a recipe module that trains ``loss``."""
+
+    def main_(argv: list[str] | None = None) -> int:
+        return main(argv, {"loss": loss, **overrides}, prog=f"python -m fvloss.recipes.{loss}")
+
+    main_.__doc__ = f"Train and evaluate the {loss} recipe; ``--help`` lists the flags."
+    return main_
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Experiment configuration: one dataclass of defaults, overridden by TOML files and flags.
+
+Precedence, lowest first: the defaults below (the assignment's settings) < the recipe module's
+own overrides (its loss) < the synthetic data set's small-image settings (only when no data is
+given) < ``--config FILE.toml`` (which may ``extends = "other.toml"``) < command-line flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["Config", "SYNTHETIC_OVERRIDES", "load_toml", "build_parser", "resolve_config"]
+
+
+@dataclass
+class Config:
+    """Every setting of a training run. Defaults: the course assignment's experiment."""
+
+    # what to train
+    loss: str = "softmax"  # softmax | center | arcface | cosface
+    name: str = ""  # run-folder prefix; default: the loss
+    data: str | None = None  # identity folder root/<identity>/<image>; none: the synthetic set
+    # model
+    arch: str = "resnet34"
+    pretrained: bool = False
+    emb_dim: int = 128
+    dropout: float = 0.0
+    # cost-function settings (papers' defaults; see fvloss.heads and fvloss.callbacks.center)
+    arcface_s: float | str = 64.0  # or "auto": AdaCos's sqrt(2)*ln(C-1)
+    arcface_m: float = 0.5
+    easy_margin: bool = False
+    cosface_s: float | str = 64.0
+    cosface_m: float = 0.35
+    center_lam: float = 0.003
+    center_alpha: float = 0.5
+    # data and augmentation
+    img_size: int = 160
+    hflip: float = 0.5
+    mean: float = 0.5
+    std: float = 0.5
+    extra_aug: list[dict[str, Any]] = field(default_factory=list)  # albumentations by name
+    valid_pct: float = 0.1  # of the identities, held out for verification
+    check: str = "quick"  # quick | full | none: vetting of image files before training
+    skip_bad: bool = False  # skip (and report) unreadable files instead of stopping
+    workers: int = -1  # DataLoader workers; -1: fastai's default (the number of CPUs)
+    # optimisation
+    bs: int = 64
+    epochs: int = 10
+    lr: float | None = None  # none: use lr_find's suggestion
+    lr_find_iters: int = 100
+    wd: float = 0.0
+    schedule: str = "one_cycle"  # one_cycle | flat
+    precision: str = "auto"  # auto | fp32 | fp16 | bf16
+    channels_last: bool = True
+    seed: int = 42
+    # evaluation
+    val_pairs: int = 3000  # pairs drawn from the validation identities, every epoch
+    pairs: str | None = None  # a pair protocol file evaluated every epoch (and at the end)
+    pairs_root: str | None = None  # its images' root
+    pairs_format: str = "auto"
+    flip_tta: bool = False
+    # output
+    out: str = "runs"
+    run_dir: str | None = None  # explicit run folder; default out/<name>-<timestamp>
+    resume: str | None = None  # a run folder to continue from its last checkpoint
+    progress: bool = True
+
+    @property
+    def head_kwargs(self) -> dict[str, Any]:
+        if self.loss == "arcface":
+            return {"s": self.arcface_s, "m": self.arcface_m, "easy_margin": self.easy_margin}
+        if self.loss == "cosface":
+            return {"s": self.cosface_s, "m": self.cosface_m}
+        return {}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# The embedded synthetic set is 64x64 and small: these settings make a recipe finish in minutes
+# on two CPU cores (see README), and are written out in recipes/synthetic.toml.
+SYNTHETIC_OVERRIDES: dict[str, Any] = {
+    "img_size": 64,
+    "epochs": 4,
+    "lr_find_iters": 40,
+    "val_pairs": 2000,
+}
+
+_FIELDS = {f.name: f for f in fields(Config)}
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment file; ``extends = "base.toml"`` (relative to the file) is read first."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            d = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{path}: invalid TOML: {e}") from None
+    base = d.pop("extends", None)
+    if base is not None:
+        d = {**load_toml(path.parent / base), **d}
+    unknown = sorted(set(d) - set(_FIELDS))
+    if unknown:
+        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(_FIELDS)}")
+    return d
+
+
+def _scale(v: str) -> float | str:
+    return v if v == "auto" else float(v)
+
+
+def _bool(v: str) -> bool:
+    if v.lower() in ("1", "true", "yes", "on"):
+        return True
+    if v.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
+
+
+def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
+    """A parser with ``--config`` and one flag per :class:`Config` field, all defaulting to
+    "not given" so that only what the user typed overrides the lower layers."""
+    ap = argparse.ArgumentParser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS
+    )
+    ap.add_argument("--config", help="TOML experiment file (see recipes/)")
+    for f in fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        t = f.type if isinstance(f.type, str) else str(f.type)
+        if f.name in ("arcface_s", "cosface_s"):
+            ap.add_argument(flag, type=_scale, metavar="S|auto")
+        elif t == "bool":
+            ap.add_argument(flag, type=_bool, nargs="?", const=True, metavar="BOOL")
+        elif f.name == "extra_aug":
+            continue  # a list of tables: set it in TOML
+        elif t.startswith("int"):
+            ap.add_argument(flag, type=int)
+        elif t.startswith("float"):
+            ap.add_argument(flag, type=float)
+        else:
+            ap.add_argument(flag, type=str)
+    return ap
+
+
+def resolve_config(
+    argv: list[str] | None, recipe: dict[str, Any] | None = None, prog: str = "fvloss train"
+) -> tuple[Config, dict[str, Any]]:
+    """Layer defaults, recipe, synthetic settings, TOML and flags; returns the config and a
+    dict saying where each non-default setting came from."""
+    args = vars(build_parser(prog).parse_args(argv))
+    toml = load_toml(args.pop("config")) if "config" in args else {}
+    layers: list[tuple[str, dict[str, Any]]] = [("recipe", recipe or {})]
+    if args.get("data", toml.get("data")) is None:
+        layers.append(("synthetic", SYNTHETIC_OVERRIDES))
+    layers += [("config", toml), ("flags", args)]
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    for src, d in layers:
+        for k, v in d.items():
+            values[k], source[k] = v, src
+    return Config(**values), source

@@ -1,0 +1,68 @@
+"""Reading a finished run folder back: its config, its embedder and its eval transform."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .data import EvalTransform
+from .model import EmbeddingNet
+
+__all__ = ["Run", "load_run"]
+
+
+@dataclass
+class Run:
+    """A trained run: ``model`` (the embedder, eval mode), ``eval_transform``, ``config``,
+    ``metrics`` (``metrics.json``, empty while the run is unfinished)."""
+
+    path: Path
+    config: dict[str, Any]
+    model: nn.Module
+    eval_transform: EvalTransform
+    metrics: dict[str, Any]
+
+
+def load_run(
+    run_dir: str | Path, device: torch.device | str | None = None, weights: str = "model.pth"
+) -> Run:
+    """Load ``run_dir/model.pth`` (or ``checkpoints/last.pth`` when the run has not finished).
+
+    Only the embedder's weights are used: heads and center-loss centers belong to the training
+    identities and play no part in verification.
+    """
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{cfg_path}: not a run folder (no config.json)")
+    cfg = json.loads(cfg_path.read_text())
+    path = run_dir / weights
+    if not path.exists():
+        path = run_dir / "checkpoints" / "last.pth"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir}: no weights (model.pth or checkpoints/last.pth)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)  # checkpoints saved with the optimizer nest the weights
+    emb_state = {
+        k.removeprefix("embedder."): v for k, v in state.items() if k.startswith("embedder.")
+    }
+    model = EmbeddingNet(
+        cfg["arch"], cfg["emb_dim"], pretrained=False, dropout=cfg.get("dropout", 0.0)
+    )
+    model.load_state_dict(emb_state)
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
+    model.to(device).eval()
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return Run(
+        run_dir, cfg, model, EvalTransform(cfg["img_size"], cfg["mean"], cfg["std"]), metrics
+    )
