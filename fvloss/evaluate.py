@@ -13,8 +13,11 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -44,6 +47,7 @@ __all__ = [
     "evaluate_pairs",
     "main",
     "model_device",
+    "pairs_digest",
     "score_pairs",
     "write_outputs",
 ]
@@ -278,20 +282,60 @@ def evaluate_pairs(
     return verify_scores(scores, kept.same, kept.folds, n_folds, fars, skipped=kept.skipped)
 
 
+def pairs_digest(pairs: PairSet) -> str:
+    """SHA-1 of what a pair set compares: each pair's two absolute image paths, label and fold.
+
+    Equal digests mean two score files scored the very same comparisons in the same order, so
+    their scores can be compared pair by pair (``fvloss compare``'s paired bootstrap).
+    Absolute paths rather than paths under a root: two data sets with the same layout (e.g.
+    synthetic sets of different seeds) must not pass for one another.
+    """
+    folds = pairs.folds if pairs.folds is not None else np.full(len(pairs), -1)
+    paths = [os.path.abspath(p) for p in pairs.paths]
+    h = hashlib.sha1()
+    for (a, b), same, fold in zip(pairs.index.tolist(), pairs.same.tolist(), folds.tolist()):
+        h.update(f"{paths[a]}\0{paths[b]}\0{int(same)}\0{fold}\n".encode())
+    return h.hexdigest()
+
+
 def write_outputs(
     result: VerificationResult,
     out_dir: str | Path,
     stem: str,
     meta: dict | None = None,
     label: str | None = None,
+    scores: np.ndarray | None = None,
+    pairs: PairSet | None = None,
 ) -> tuple[Path, Path]:
-    """Write ``out_dir/stem.json`` (metrics + ``meta``) and ``out_dir/stem.png`` (the ROC)."""
+    """Write ``out_dir/stem.json`` (metrics + ``meta``) and ``out_dir/stem.png`` (the ROC).
+
+    With ``scores`` and the ``pairs`` they score (the kept pairs of :func:`score_pairs`) also
+    ``out_dir/stem.scores.npz``: ``scores`` (float64), ``same`` (bool), ``folds`` (int64, empty
+    when the file has none), ``pairs_sha1`` (:func:`pairs_digest`) and ``meta`` (JSON text), so
+    that ``fvloss compare`` can reuse them and check that runs were scored on the same pairs.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out_dir / f"{stem}.json", out_dir / f"{stem}.png"
     doc = {"meta": meta or {}, **result.to_dict()}
     json_path.write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     plot_roc({label or stem: result}, png_path, title=stem)
+    if scores is not None or pairs is not None:
+        if scores is None or pairs is None or len(scores) != len(pairs):
+            raise ValueError("scores and pairs go together, one score per pair")
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            scores=np.asarray(scores, dtype=np.float64),
+            same=pairs.same,
+            folds=pairs.folds if pairs.folds is not None else np.zeros(0, dtype=np.int64),
+            pairs_sha1=np.array(pairs_digest(pairs)),
+            meta=np.array(json.dumps(meta or {})),
+        )
+        npz_path = out_dir / f"{stem}.scores.npz"
+        tmp = npz_path.with_name(npz_path.name + ".tmp")
+        tmp.write_bytes(buf.getvalue())
+        os.replace(tmp, npz_path)  # never a half-written file for compare to trust
     return json_path, png_path
 
 
@@ -461,7 +505,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fvloss verify",
         description="Evaluate a run's trained weights on a face-verification pair protocol; "
-        "writes RUN/verify/<pairs-stem>.json and .png (ROC) and prints a table.",
+        "writes RUN/verify/<pairs-stem>.json, .png (ROC) and .scores.npz (per-pair scores, "
+        "which fvloss compare reuses) and prints a table.",
     )
     p.add_argument("--run", required=True, type=Path, help="run folder (trained weights)")
     p.add_argument("--pairs", required=True, type=Path, help="pair file")
@@ -504,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     run = load_run(args.run, device=args.device)
     t0 = time.perf_counter()
     try:
-        result = evaluate_pairs(
+        scores, kept = score_pairs(
             run.model,
             pairs,
             run.eval_transform,
@@ -512,10 +557,10 @@ def main(argv: list[str] | None = None) -> int:
             flip=args.flip,
             num_workers=args.num_workers,
             skip_missing=args.skip_missing,
-            n_folds=args.folds,
         )
     except ImageReadError as e:
         return _fail(f"{e} (use --skip-missing to drop such pairs)", 1)
+    result = verify_scores(scores, kept.same, kept.folds, args.folds, skipped=kept.skipped)
     seconds = time.perf_counter() - t0
     stem = args.pairs.stem
     meta = {
@@ -527,12 +572,12 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(seconds, 3),
     }
     json_path, png_path = write_outputs(
-        result, args.out or args.run / "verify", stem, meta, label=args.run.name
+        result, args.out or args.run / "verify", stem, meta, args.run.name, scores, kept
     )
     print(format_result(result, title=f"{args.run.name} on {args.pairs.name}"))
     for message in result.skipped[:5]:
         print(f"  skipped: {message}")
     if result.n_skipped > 5:
         print(f"  ... and {result.n_skipped - 5} more (all listed in the JSON up to 100)")
-    print(f"wrote {json_path} and {png_path} ({seconds:.1f} s)")
+    print(f"wrote {json_path}, {png_path} and {stem}.scores.npz ({seconds:.1f} s)")
     return 0

@@ -14,7 +14,8 @@ from fastai.optimizer import Adam
 from torch import nn
 
 from .callbacks.center import CenterLoss
-from .heads import Head, make_head
+from .callbacks.margin import MarginSchedule
+from .heads import Head, MarginHead, make_head
 from .metrics import valid_verification_metrics
 from .model import EmbeddingNet, FaceNet
 
@@ -74,6 +75,8 @@ def face_learner(
     head_kwargs: dict[str, Any] | None = None,
     center_lam: float = 0.003,
     center_alpha: float = 0.5,
+    margin_hold: float = 0.0,
+    margin_warmup: float = 0.0,
     n_classes: int | None = None,
     val_pairs: int | None = 3000,
     opt_func: Callable = Adam,
@@ -93,6 +96,8 @@ def face_learner(
         head_kwargs: passed to the head, e.g. ``{"s": "auto", "m": 0.5}`` for ArcFace.
         val_pairs: verification pairs drawn from the validation identities every epoch (AUC,
             10-fold accuracy, TAR@FAR, EER in the progress table); ``None`` to skip.
+        margin_hold, margin_warmup: ArcFace/CosFace margin schedule as fractions of training
+            (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
         channels_last: NHWC weights, faster for convolutions on CPU and tensor cores.
 
@@ -108,6 +113,8 @@ def face_learner(
     cbs = list(cbs or [])
     if loss == "center":
         cbs.append(CenterLoss(n_classes, emb_dim, lam=center_lam, alpha=center_alpha))
+    if (margin_hold or margin_warmup) and isinstance(head, MarginHead):
+        cbs.append(MarginSchedule(margin_hold, margin_warmup))
     metrics = list(metrics or [])
     if val_pairs:
         metrics += valid_verification_metrics(n_pairs=val_pairs)

@@ -28,6 +28,19 @@ class Run:
     metrics: dict[str, Any]
 
 
+def _load_weights(path: Path) -> dict:
+    """``torch.load`` with ``weights_only=True``; a fastai checkpoint saved with its optimizer
+    (``checkpoints/last.pth``) also holds fastcore ``L`` lists and numpy scalars, allowed here."""
+    import numpy as np
+    from fastcore.foundation import L
+
+    dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed core to _core
+    allowed = [L, np.dtype, core.multiarray.scalar, *dtypes]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_run(
     run_dir: str | Path, device: torch.device | str | None = None, weights: str = "model.pth"
 ) -> Run:
@@ -46,7 +59,7 @@ def load_run(
         path = run_dir / "checkpoints" / "last.pth"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir}: no weights (model.pth or checkpoints/last.pth)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _load_weights(path)
     state = state.get("model", state)  # checkpoints saved with the optimizer nest the weights
     emb_state = {
         k.removeprefix("embedder."): v for k, v in state.items() if k.startswith("embedder.")

@@ -21,11 +21,17 @@ class EpochCheckpoint(Callback):
 
     order = 61  # after the Recorder (50) and ProgressCallback (60): the epoch's values are final
 
-    def __init__(self, lr: float):
-        self.lr = lr
+    def __init__(self, lr: float, previous_values: list | None = None):
+        self.lr, self.previous_values = lr, list(previous_values or [])
+
+    def before_epoch(self) -> None:
+        self._cancelled = False
+
+    def after_cancel_epoch(self) -> None:
+        self._cancelled = True  # e.g. an epoch skipped by fit(start_epoch=...) on resume
 
     def after_epoch(self) -> None:
-        if hasattr(self.learn, "lr_finder"):
+        if self._cancelled or hasattr(self.learn, "lr_finder"):
             return
         d = self.learn.path / self.learn.model_dir
         d.mkdir(parents=True, exist_ok=True)
@@ -47,8 +53,9 @@ def _jsonable(v):
         return str(v)
 
 
-def load_checkpoint(learn: Learner, run_dir: str | Path) -> tuple[int, float]:
-    """Load ``run_dir``'s last checkpoint into ``learn``; returns (next epoch, lr)."""
+def load_checkpoint(learn: Learner, run_dir: str | Path) -> tuple[int, float, list]:
+    """Load ``run_dir``'s last checkpoint into ``learn``; returns (next epoch, lr, the recorder
+    values of the epochs done)."""
     d = Path(run_dir) / learn.model_dir
     meta_path = d / f"{LAST}.json"
     if not meta_path.exists():
@@ -57,4 +64,4 @@ def load_checkpoint(learn: Learner, run_dir: str | Path) -> tuple[int, float]:
         )
     meta = json.loads(meta_path.read_text())
     learn.load(LAST, with_opt=True)
-    return int(meta["epoch"]), float(meta["lr"])
+    return int(meta["epoch"]), float(meta["lr"]), meta.get("values", [])

@@ -36,6 +36,7 @@ class CPUAutocast(Callback):
         self.dtype, self._ctx = dtype, None
 
     def before_batch(self) -> None:
+        self._exit()  # a batch cancelled between before_batch and after_loss left it entered
         self._ctx = torch.autocast("cpu", dtype=self.dtype)
         self._ctx.__enter__()
 
@@ -49,6 +50,9 @@ class CPUAutocast(Callback):
 
     def after_cancel_batch(self) -> None:
         self._exit()
+
+    def after_fit(self) -> None:
+        self._exit()  # a fit/epoch/train cancelled after before_batch must not leave it on
 
     def _exit(self) -> None:
         if self._ctx is not None:
@@ -64,21 +68,24 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
-def probe_cpu_bf16(model: nn.Module, x: torch.Tensor, steps: int = 2) -> dict[str, float]:
+def probe_cpu_bf16(model: nn.Module, x: torch.Tensor, steps: int = 3) -> dict[str, float]:
     """Seconds per forward+backward of ``model`` on ``x`` in fp32 and under bf16 autocast
-    (interleaved, best of ``steps``). The model's weights and grads are left as they were."""
+    (one warm-up each, then ``steps`` interleaved A/B runs, best of each: this machine's speed
+    drifts within minutes, so the two must be measured side by side). The model's weights and
+    grads are left as they were."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     was_training = model.training
     model.train()
     times: dict[str, list[float]] = {"fp32": [], "bf16": []}
     try:
-        for _ in range(steps):
+        for k in range(steps + 1):
             for name in times:
                 t = time.perf_counter()
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "bf16"):
                     out = model(x)
                 out.float().sum().backward()
-                times[name].append(time.perf_counter() - t)
+                if k > 0:  # the first pass of each mode builds oneDNN kernels
+                    times[name].append(time.perf_counter() - t)
     finally:
         model.zero_grad(set_to_none=True)
         model.load_state_dict(state)  # BN running stats moved during the probe

@@ -7,6 +7,7 @@ A recipe module (``fvloss.recipes.arcface`` ...) only names what differs from th
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -37,9 +38,20 @@ def _new_run_dir(cfg: Config) -> Path:
     return d
 
 
+def _finite(obj: Any) -> Any:
+    """``obj`` with NaN / infinities replaced by ``None``: strict JSON, as fvloss.verify writes."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
 def _save_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    tmp.write_text(json.dumps(_finite(obj), indent=1, default=str, allow_nan=False))
     os.replace(tmp, path)  # atomic: an interrupted run never leaves half a JSON
 
 
@@ -65,7 +77,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
                 **saved,
                 "resume": str(run_dir),
                 "run_dir": str(run_dir),
-                **({"epochs": cfg.epochs} if source and "epochs" in source else {}),
+                **({"epochs": cfg.epochs} if source and source.get("epochs") in ("config", "flags") else {}),
             }
         )
     else:
@@ -94,79 +106,59 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     _log(f"split by identity: {dls.n_classes} training identities ({len(dls.train_ds)} images), "
          f"{len(dls.valid_identities)} validation identities ({len(dls.valid_ds)} images) for verification")  # fmt: skip
 
-    cbs = []
-    if cfg.pairs:
-        from ..data import EvalTransform
-        from ..evaluate import VerifyPairs
-        from ..pairs import read_pairs
-
-        pairset = read_pairs(
-            cfg.pairs, cfg.pairs_root, format=cfg.pairs_format, skip_missing=cfg.skip_bad
-        )
-        _log(
-            f"pairs: {pairset.source}: {len(pairset.index)} pairs, evaluated every epoch (columns pairs_*)"
-        )
-        cbs.append(
-            VerifyPairs(
-                pairset,
-                EvalTransform(cfg.img_size, cfg.mean, cfg.std),
-                flip=cfg.flip_tta,
-                prefix="pairs_",
-            )
-        )
+    pair_cb = _pair_callback(cfg) if cfg.pairs else None
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
         head_kwargs=cfg.head_kwargs, center_lam=cfg.center_lam, center_alpha=cfg.center_alpha,
-        val_pairs=cfg.val_pairs or None, wd=cfg.wd, channels_last=cfg.channels_last, cbs=cbs,
+        margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
+        val_pairs=cfg.val_pairs or None, wd=cfg.wd, channels_last=cfg.channels_last, cbs=[pair_cb] if pair_cb else [],
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
-    if not cfg.progress:
-        learn.no_bar()
+    if not cfg.progress:  # logs and CI: one plain line per epoch instead of redrawn bars
+        learn.remove_cb(learn.progress)
+        learn.logger = PlainTable(learn)
     xb, _ = dls.one_batch()
-    mp_cb, why = mixed_precision_cb(cfg.precision, dls.device, learn.model.to(dls.device), xb[:4])
+    mp_cb, why = mixed_precision_cb(cfg.precision, dls.device, learn.model.to(dls.device), xb[:16])
     if mp_cb is not None:
         learn.add_cb(mp_cb)
     _log(f"device {dls.device}; precision: {why}")
 
-    start_epoch, lr = 0, cfg.lr
+    start_epoch, lr, done = 0, cfg.lr, []
     if cfg.resume:
-        start_epoch, lr = load_checkpoint(learn, run_dir)
+        start_epoch, lr, done = load_checkpoint(learn, run_dir)
         _log(f"resuming {run_dir} at epoch {start_epoch} with lr {lr:.3g}")
+        if start_epoch >= cfg.epochs and (run_dir / "metrics.json").exists():
+            _log(f"{start_epoch} of {cfg.epochs} epochs already done: nothing to train")
+            return RunResult(json.loads((run_dir / "metrics.json").read_text()))
     elif lr is None:
         _log(f"lr_find ({cfg.lr_find_iters} iterations; weights are restored afterwards)")
         sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
         lr = float(sugg.valley)
-        fig = learn.recorder.plot_lr_find(suggestions=[lr], nms=["valley"], return_fig=True)
-        fig.savefig(run_dir / "lr_find.png", dpi=100, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        save_lr_plot(learn.recorder, lr, run_dir / "lr_find.png")
         _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
     resolved = {**cfg.to_dict(), "lr": lr, "data": str(data), "run_dir": str(run_dir)}
     _save_json(run_dir / "config.json", resolved)
     _save_json(run_dir / "data_report.json", dls.report.to_dict())
 
-    ckpt = EpochCheckpoint(lr)
+    ckpt = EpochCheckpoint(lr, done)
     t_fit = time.time()
-    fit = (
-        learn.fit_one_cycle
-        if cfg.schedule == "one_cycle"
-        else learn.fit_flat_cos
-        if cfg.schedule == "flat"
-        else None
-    )
-    if fit is None:
-        raise ValueError(f"schedule must be 'one_cycle' or 'flat', got {cfg.schedule!r}")
+    fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}
+    if cfg.schedule not in fits:
+        raise ValueError(f"schedule must be one of {sorted(fits)}, got {cfg.schedule!r}")
     if start_epoch < cfg.epochs:
-        fit(cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt])
+        fits[cfg.schedule](cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt])
     fit_s = time.time() - t_fit
     learn.save(run_dir.resolve() / "model", with_opt=False)
 
     # final evaluation on the validation identities (and the pair file, if any)
     names = list(learn.recorder.metric_names[1:-1])
+    # on resume, the epochs before the checkpoint come from its saved recorder values
+    values = ckpt.previous_values + [
+        v for v in learn.recorder.values if len(v)
+    ]  # skipped epochs log nothing
     history = [
-        dict(zip(["epoch", *names], [e + start_epoch, *map(_num, vals)], strict=False))
-        for e, vals in enumerate(learn.recorder.values)
+        dict(zip(["epoch", *names], [e, *map(_num, vals)], strict=False))
+        for e, vals in enumerate(values)
     ]
     n_seen = len(dls.train_ds) * max(cfg.epochs - start_epoch, 0)
     result = RunResult(
@@ -177,6 +169,14 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         wall_time_s=round(time.time() - t_start, 1), torch=torch.__version__,
         data_report={k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
     )  # fmt: skip
+    if pair_cb is not None and pair_cb.last is not None:
+        from ..evaluate import write_outputs
+
+        stem = Path(cfg.pairs).stem
+        write_outputs(
+            pair_cb.last, run_dir / "verify", stem, meta={"run": str(run_dir), "pairs": cfg.pairs}
+        )
+        result["pairs"] = {"file": cfg.pairs, **pair_cb.last.scalars()}
     if history and "auc" in history[0]:
         best = max(history, key=lambda h: h.get("auc", float("-inf")))
         result["best_epoch"] = best["epoch"]
@@ -190,6 +190,58 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     )
     _log(f"run folder: {run_dir} (config.json, metrics.json, lr_find.png, model.pth, checkpoints/)")
     return result
+
+
+def _pair_callback(cfg: Config):
+    """The per-epoch evaluation on ``cfg.pairs`` (a pair-protocol file)."""
+    from ..data import EvalTransform
+    from ..evaluate import VerifyPairs
+    from ..pairs import read_pairs
+
+    pairs = read_pairs(
+        cfg.pairs, cfg.pairs_root, format=cfg.pairs_format, skip_missing=cfg.skip_bad
+    )
+    _log(
+        f"pairs: {pairs.source}: {len(pairs.index)} pairs, evaluated every epoch (columns pairs_*)"
+    )
+    # Keep the decoded, resized pair images in memory when they fit in ~1 GB: then each epoch
+    # repeats only the forward pass, not the JPEG decoding.
+    cache = len(pairs.paths) * 3 * cfg.img_size**2 * 4 < 2**30
+    tfm = EvalTransform(cfg.img_size, cfg.mean, cfg.std)
+    return VerifyPairs(pairs, tfm, every=cfg.pairs_every, flip=cfg.flip_tta, prefix="pairs_", cache=cache)
+
+
+class PlainTable:
+    """A Learner logger printing fastai's progress table as plain text, one line per epoch."""
+
+    def __init__(self, learn):
+        self.learn, self.names = learn, None
+
+    def __call__(self, row) -> None:
+        names = list(self.learn.recorder.metric_names)
+        if names != self.names:
+            self.names = names
+            print("  ".join(f"{n:>12}" for n in names), flush=True)
+        cells = [f"{v:12.6f}" if isinstance(v, float) else f"{v!s:>12}" for v in row]
+        print("  ".join(cells), flush=True)
+
+
+def save_lr_plot(recorder, lr: float, path: Path, skip_end: int = 5) -> None:
+    """The lr_find curve with the chosen lr marked. (fastai's ``plot_lr_find(return_fig=True)``
+    returns nothing in fastai 2.8, and pyplot would change a notebook's backend.)"""
+    from matplotlib.figure import Figure
+
+    lrs, losses = (
+        recorder.lrs[:-skip_end] or recorder.lrs,
+        recorder.losses[:-skip_end] or recorder.losses,
+    )
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(lrs, [float(v) for v in losses])
+    ax.axvline(lr, color="C1", ls="--", label=f"chosen lr {lr:.2g} (valley)")
+    ax.set(xscale="log", xlabel="learning rate", ylabel="smoothed training loss", title="lr_find")
+    ax.legend()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
 def _num(v: Any) -> Any:

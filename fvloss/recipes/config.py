@@ -39,6 +39,8 @@ class Config:
     arcface_s: float | str = 64.0  # or "auto": AdaCos's sqrt(2)*ln(C-1)
     arcface_m: float = 0.5
     easy_margin: bool = False
+    margin_hold: float = 0.0  # ArcFace/CosFace: train with m=0 for this fraction of training,
+    margin_warmup: float = 0.0  # then ramp m linearly over this fraction (see MarginSchedule)
     cosface_s: float | str = 64.0
     cosface_m: float = 0.35
     center_lam: float = 0.003
@@ -68,6 +70,7 @@ class Config:
     pairs: str | None = None  # a pair protocol file evaluated every epoch (and at the end)
     pairs_root: str | None = None  # its images' root
     pairs_format: str = "auto"
+    pairs_every: int = 1  # evaluate the pair file every N epochs (and always after the last)
     flip_tta: bool = False
     # output
     out: str = "runs"

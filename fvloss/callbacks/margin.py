@@ -1,0 +1,54 @@
+"""Margin scheduling for ArcFace / CosFace heads: the usual cure when they do not converge.
+
+From scratch on few identities, a full margin from step one makes every target logit negative
+while the embedding is still random; the loss then falls by pushing all classes apart without
+learning faces (insightface #214/#313, pytorch-metric-learning #351). Starting with no margin
+(normalised softmax, "NormFace") and ramping it in lets the features organise first.
+"""
+
+from __future__ import annotations
+
+from fastai.callback.core import Callback
+
+__all__ = ["MarginSchedule"]
+
+
+class MarginSchedule(Callback):
+    """Margin ``m(t)`` over the training progress ``t = pct_train`` in [0, 1]:
+    0 for ``t < hold``, then a linear ramp to the head's full margin over ``warmup``, then full.
+
+    ``hold=0.3, warmup=0`` is softmax (normalised) pre-training followed by the margin;
+    ``hold=0, warmup=0.3`` is a margin warm-up. The head must have an ``m`` attribute
+    (fvloss's :class:`~fvloss.heads.MarginHead`); ``head`` picks it, default ``model.head``.
+    """
+
+    order = 5  # before the forward pass of each batch (and before MixedPrecision, 10)
+
+    def __init__(self, hold: float = 0.0, warmup: float = 0.3, head=None):
+        if hold < 0 or warmup < 0 or hold + warmup > 1:
+            raise ValueError(
+                f"need hold >= 0, warmup >= 0 and hold + warmup <= 1, got {hold}, {warmup}"
+            )
+        self.hold, self.warmup, self.head_fn, self.m_full = hold, warmup, head, None
+
+    def _head(self):
+        return self.head_fn(self.learn.model) if self.head_fn else self.learn.model.head
+
+    def before_fit(self) -> None:
+        if self.m_full is None:
+            self.m_full = float(self._head().m)
+
+    def before_batch(self) -> None:
+        if not self.training:
+            return
+        t = self.pct_train
+        if t < self.hold:
+            f = 0.0
+        elif self.warmup > 0:
+            f = min(1.0, (t - self.hold) / self.warmup)
+        else:
+            f = 1.0
+        self._head().m = f * self.m_full
+
+    def after_fit(self) -> None:
+        self._head().m = self.m_full  # a saved / exported head carries its real margin

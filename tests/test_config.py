@@ -1,0 +1,185 @@
+"""Experiment configuration: TOML files, layering precedence and command-line flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fvloss.recipes.config import (
+    SYNTHETIC_OVERRIDES,
+    Config,
+    build_parser,
+    load_toml,
+    resolve_config,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_synthetic_toml_is_synthetic_overrides():
+    assert load_toml(REPO / "recipes" / "synthetic.toml") == SYNTHETIC_OVERRIDES
+
+
+def test_defaults_with_data():
+    cfg, source = resolve_config(["--data", "/faces"])
+    assert cfg == Config(data="/faces")
+    assert source == {"data": "flags"}
+    assert (cfg.loss, cfg.img_size, cfg.epochs, cfg.lr) == ("softmax", 160, 10, None)
+
+
+def test_synthetic_layer_only_without_data():
+    cfg, source = resolve_config([])
+    for k, v in SYNTHETIC_OVERRIDES.items():
+        assert getattr(cfg, k) == v and source[k] == "synthetic"
+    cfg, source = resolve_config(["--data", "/faces"])
+    assert all(k not in source for k in SYNTHETIC_OVERRIDES)
+    assert cfg.img_size == Config().img_size
+
+
+def test_precedence(tmp_path):
+    toml = write(tmp_path / "exp.toml", 'loss = "cosface"\nimg_size = 48\nepochs = 7\nbs = 32\n')
+    recipe = {"loss": "arcface", "bs": 16, "emb_dim": 64}
+    # recipe < synthetic (no data) < TOML < flags
+    cfg, source = resolve_config(["--config", str(toml), "--epochs", "3"], recipe)
+    assert cfg.loss == "cosface" and source["loss"] == "config"  # TOML beats recipe
+    assert cfg.img_size == 48 and source["img_size"] == "config"  # TOML beats synthetic
+    assert cfg.epochs == 3 and source["epochs"] == "flags"  # flag beats TOML
+    assert cfg.bs == 32  # TOML beats recipe
+    assert cfg.emb_dim == 64 and source["emb_dim"] == "recipe"  # recipe beats default
+    assert cfg.lr_find_iters == SYNTHETIC_OVERRIDES["lr_find_iters"]  # synthetic beats default
+    assert source["lr_find_iters"] == "synthetic"
+    assert "arch" not in source and cfg.arch == Config().arch
+
+
+def test_recipe_below_synthetic():
+    cfg, source = resolve_config([], {"loss": "center", "epochs": 99})
+    assert cfg.loss == "center" and cfg.epochs == SYNTHETIC_OVERRIDES["epochs"]
+    assert source["epochs"] == "synthetic"
+    cfg, _ = resolve_config(["--data", "x"], {"epochs": 99})
+    assert cfg.epochs == 99
+
+
+def test_data_in_toml_switches_synthetic_off(tmp_path):
+    toml = write(tmp_path / "exp.toml", 'data = "/faces"\n')
+    cfg, source = resolve_config(["--config", str(toml)])
+    assert cfg.data == "/faces" and cfg.img_size == Config().img_size
+    assert "img_size" not in source
+
+
+def test_extends(tmp_path):
+    write(tmp_path / "base.toml", 'arch = "resnet18"\nepochs = 3\nbs = 8\n')
+    child = write(tmp_path / "sub" / "child.toml", 'extends = "../base.toml"\nbs = 16\n')
+    assert load_toml(child) == {"arch": "resnet18", "epochs": 3, "bs": 16}
+    grandchild = write(tmp_path / "sub" / "gc.toml", 'extends = "child.toml"\nepochs = 5\n')
+    assert load_toml(grandchild) == {"arch": "resnet18", "epochs": 5, "bs": 16}
+    cfg, source = resolve_config(["--config", str(grandchild), "--bs", "4"])
+    assert (cfg.arch, cfg.epochs, cfg.bs) == ("resnet18", 5, 4)
+    assert source["arch"] == "config"
+
+
+def test_unknown_key_names_the_file(tmp_path):
+    bad = write(tmp_path / "bad.toml", "epochs = 2\nlearning_rate = 0.1\n")
+    with pytest.raises(ValueError) as e:
+        load_toml(bad)
+    assert str(bad) in str(e.value) and "learning_rate" in str(e.value)
+    child = write(tmp_path / "sub" / "child.toml", 'extends = "../bad.toml"\n')
+    with pytest.raises(ValueError, match="learning_rate") as e:
+        load_toml(child)
+    assert "bad.toml" in str(e.value)
+    with pytest.raises(ValueError, match="learning_rate"):
+        resolve_config(["--config", str(bad)])
+
+
+def test_invalid_and_missing_toml(tmp_path):
+    broken = write(tmp_path / "broken.toml", "epochs = = 2\n")
+    with pytest.raises(ValueError, match="invalid TOML") as e:
+        load_toml(broken)
+    assert str(broken) in str(e.value)
+    with pytest.raises(FileNotFoundError, match="nope.toml"):
+        load_toml(tmp_path / "nope.toml")
+    child = write(tmp_path / "child.toml", 'extends = "gone.toml"\n')
+    with pytest.raises(FileNotFoundError, match="gone.toml"):
+        load_toml(child)
+
+
+def test_scale_flags_accept_auto():
+    cfg, _ = resolve_config(["--data", "d", "--loss", "arcface", "--arcface-s", "auto"])
+    assert cfg.arcface_s == "auto"
+    assert cfg.head_kwargs == {"s": "auto", "m": 0.5, "easy_margin": False}
+    cfg, _ = resolve_config(
+        ["--data", "d", "--loss", "cosface", "--cosface-s", "30", "--cosface-m", "0.2"]
+    )
+    assert cfg.cosface_s == 30.0 and isinstance(cfg.cosface_s, float)
+    assert cfg.head_kwargs == {"s": 30.0, "m": 0.2}
+    assert Config(loss="softmax").head_kwargs == {} == Config(loss="center").head_kwargs
+    with pytest.raises(SystemExit):
+        resolve_config(["--arcface-s", "big"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--pretrained"], True),
+        (["--pretrained", "true"], True),
+        (["--pretrained", "yes"], True),
+        (["--pretrained", "1"], True),
+        (["--pretrained", "false"], False),
+        (["--pretrained", "Off"], False),
+        (["--pretrained", "0"], False),
+    ],
+)
+def test_bool_flags(argv, expected):
+    cfg, source = resolve_config(["--data", "d", *argv])
+    assert cfg.pretrained is expected and source["pretrained"] == "flags"
+
+
+def test_bool_flag_rejects_junk():
+    with pytest.raises(SystemExit):
+        resolve_config(["--progress", "maybe"])
+
+
+def test_typed_flags():
+    cfg, _ = resolve_config(
+        ["--data", "d", "--lr", "1e-3", "--bs", "16", "--valid-pct", "0.2", "--arch", "resnet18",
+         "--skip-bad", "--workers", "0", "--val-pairs", "100", "--progress", "false"]
+    )  # fmt: skip
+    assert cfg.lr == 1e-3 and isinstance(cfg.lr, float)
+    assert cfg.bs == 16 and isinstance(cfg.bs, int)
+    assert (cfg.valid_pct, cfg.arch, cfg.skip_bad, cfg.workers, cfg.val_pairs, cfg.progress) == (
+        0.2, "resnet18", True, 0, 100, False
+    )  # fmt: skip
+    with pytest.raises(SystemExit):
+        resolve_config(["--bs", "sixteen"])
+    with pytest.raises(SystemExit):
+        resolve_config(["--no-such-flag", "1"])
+
+
+def test_every_field_but_extra_aug_has_a_flag():
+    ap = build_parser("x")
+    flags = {a.dest for a in ap._actions}
+    from dataclasses import fields
+
+    missing = {f.name for f in fields(Config)} - flags
+    assert missing == {"extra_aug"}
+
+
+def test_extra_aug_from_toml(tmp_path):
+    toml = write(
+        tmp_path / "aug.toml",
+        'data = "d"\n[[extra_aug]]\ntransform = "RandomBrightnessContrast"\np = 0.3\n',
+    )
+    cfg, _ = resolve_config(["--config", str(toml)])
+    assert cfg.extra_aug == [{"transform": "RandomBrightnessContrast", "p": 0.3}]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    cfg, _ = resolve_config(["--config", str(path)])
+    assert isinstance(cfg, Config)

@@ -1,0 +1,319 @@
+"""Classification heads against hand-written float64 references (values and gradients).
+
+The references below are written from the papers, not from the module: ArcFace through the
+angle ``theta = arccos(cos)`` (the module uses the trigonometric identity), CosFace as
+``cos - m``, softmax as a plain affine map. Each is evaluated with torch.autograd on float64
+copies of the same inputs; the modules compute in float32, hence the tolerances.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fvloss.heads import (
+    HEADS,
+    ArcFaceHead,
+    CosFaceHead,
+    MarginHead,
+    SoftmaxHead,
+    adacos_scale,
+    make_head,
+)
+from fvloss.learner import FaceLoss
+
+EMB, C, B = 8, 6, 24
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def _cosines64(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
+    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
+    return e @ w.T
+
+
+def _ce64(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean of ``log(sum_k exp z_k) - z_y``, written out."""
+    zmax = logits.max(1, keepdim=True).values
+    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
+    return (lse - logits[torch.arange(len(y)), y]).mean()
+
+
+def arcface_ref(emb, weight, y, s, m, easy_margin=False):
+    """Scaled logits and loss of ArcFace, in float64, through the angle."""
+    cos = _cosines64(emb, weight)
+    onehot = torch.zeros_like(cos)
+    onehot[torch.arange(len(y)), y] = 1.0
+    cos_t = (cos * onehot).sum(1)
+    theta = torch.arccos(cos_t)
+    with_margin = torch.cos(theta + m)
+    if easy_margin:
+        target = torch.where(cos_t > 0, with_margin, cos_t)
+    else:
+        target = torch.where(theta + m <= math.pi, with_margin, cos_t - m * math.sin(m))
+    logits = s * (cos * (1 - onehot) + target[:, None] * onehot)
+    return logits, _ce64(logits, y)
+
+
+def cosface_ref(emb, weight, y, s, m):
+    cos = _cosines64(emb, weight)
+    onehot = torch.zeros_like(cos)
+    onehot[torch.arange(len(y)), y] = 1.0
+    logits = s * (cos - m * onehot)
+    return logits, _ce64(logits, y)
+
+
+def softmax_ref(emb, weight, bias, y):
+    logits = emb @ weight.T + bias
+    return logits, _ce64(logits, y)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def margin_inputs(seed: int, m: float):
+    """Embeddings, class weights and labels where some targets are close (theta small), some
+    far (theta + m > pi, cos < 0), and none within 2e-3 of the branch point cos(pi - m)."""
+    g = torch.Generator().manual_seed(seed)
+    weight = torch.randn(C, EMB, generator=g)
+    y = torch.arange(B) % C
+    emb = torch.randn(B, EMB, generator=g)
+    w_y = weight[y] / weight[y].norm(dim=1, keepdim=True)
+    # rows 0-5 near their class, rows 6-11 nearly opposite it, the rest random
+    emb[:6] = 3 * w_y[:6] + 0.3 * torch.randn(6, EMB, generator=g)
+    emb[6:12] = -3 * w_y[6:12] + 0.3 * torch.randn(6, EMB, generator=g)
+    cos_t = _cosines64(emb.double(), weight.double())[torch.arange(B), y]
+    assert (cos_t - math.cos(math.pi - m)).abs().min() > 2e-3
+    return emb, weight, y
+
+
+def run_head(head, emb, y):
+    """Loss and gradients of a float32 module."""
+    emb = emb.clone().requires_grad_(True)
+    logits = head(emb)
+    loss = head.loss(logits, y)
+    loss.backward()
+    return logits, loss, emb.grad
+
+
+def run_ref(ref, emb, weight, y, *args, **kwargs):
+    e64 = emb.double().clone().requires_grad_(True)
+    w64 = weight.double().clone().requires_grad_(True)
+    logits, loss = ref(e64, w64, y, *args, **kwargs)
+    loss.backward()
+    return logits, loss, e64.grad, w64.grad
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rtol=1e-5, atol=1e-5):
+    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().numpy(), rtol, atol)
+
+
+# ----------------------------------------------------------------------------- ArcFace / CosFace
+
+
+@pytest.mark.parametrize("m", [0.5, 1.2])
+@pytest.mark.parametrize("easy_margin", [False, True])
+@pytest.mark.parametrize("s", [64.0, 8.0])
+def test_arcface_matches_float64_reference(m, easy_margin, s):
+    emb, weight, y = margin_inputs(0, m)
+    head = ArcFaceHead(EMB, C, s=s, m=m, easy_margin=easy_margin)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    cos = head(emb)
+    assert cos.dtype == torch.float32 and cos.shape == (B, C)
+    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(
+        arcface_ref, emb, weight, y, s, m, easy_margin=easy_margin
+    )
+    # both branches of the margin are exercised
+    cos_t = cos.detach().gather(1, y[:, None])[:, 0]
+    if easy_margin:
+        assert (cos_t > 0).any() and (cos_t <= 0).any()
+    else:
+        beyond = cos_t < math.cos(math.pi - m)
+        assert beyond.any() and (~beyond).any()
+    assert_close(head.margin_logits(cos.detach(), y), ref_logits, atol=1e-5 * s)
+    _, loss, gemb = run_head(head, emb, y)
+    assert_close(loss, ref_loss, atol=1e-5 * s)
+    assert_close(gemb, ref_gemb, atol=1e-5 * s)
+    assert_close(head.weight.grad, ref_gw, atol=1e-5 * s)
+
+
+def test_arcface_margin_is_what_the_paper_says_at_a_known_angle():
+    # 2-D: embedding at 30 degrees from class 0, class 1 at 90 degrees
+    head = ArcFaceHead(2, 3, s=1.0, m=0.5)
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
+    a = math.radians(30)
+    emb = torch.tensor([[math.cos(a), math.sin(a)]])
+    logits = head.margin_logits(head(emb), torch.tensor([0]))
+    expected = [math.cos(a + 0.5), math.cos(math.pi / 2 - a), -math.cos(a)]
+    np.testing.assert_allclose(logits[0].detach().numpy(), expected, atol=1e-6)
+
+
+def test_arcface_margin_is_read_at_each_call():
+    emb, weight, y = margin_inputs(1, 0.5)
+    head = ArcFaceHead(EMB, C, s=10.0, m=0.5)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.m = 0.2  # what a margin warm-up callback does
+        logits = head.margin_logits(head(emb), y)
+    ref_logits, _ = arcface_ref(emb.double(), weight.double(), y, 10.0, 0.2)
+    assert_close(logits, ref_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("m", [0.35, 0.1])
+def test_cosface_matches_float64_reference(m):
+    emb, weight, y = margin_inputs(2, 0.5)
+    head = CosFaceHead(EMB, C, s=30.0, m=m)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(cosface_ref, emb, weight, y, 30.0, m)
+    assert_close(head.margin_logits(head(emb).detach(), y), ref_logits, atol=3e-4)
+    _, loss, gemb = run_head(head, emb, y)
+    assert_close(loss, ref_loss, atol=3e-4)
+    assert_close(gemb, ref_gemb, atol=3e-4)
+    assert_close(head.weight.grad, ref_gw, atol=3e-4)
+
+
+def test_paper_defaults():
+    arc, cos = ArcFaceHead(EMB, C), CosFaceHead(EMB, C)
+    assert (arc.s, arc.m, arc.easy_margin) == (64.0, 0.5, False)
+    assert (cos.s, cos.m) == (64.0, 0.35)
+
+
+@pytest.mark.parametrize("cls", [ArcFaceHead, CosFaceHead])
+@pytest.mark.parametrize("n", [3, 10, 500])
+def test_auto_scale_is_adacos(cls, n):
+    assert cls(EMB, n, s="auto").s == pytest.approx(math.sqrt(2) * math.log(n - 1), rel=1e-12)
+    assert adacos_scale(n) == pytest.approx(math.sqrt(2) * math.log(n - 1), rel=1e-12)
+
+
+def test_auto_scale_needs_three_classes():
+    with pytest.raises(ValueError, match="at least 3"):
+        ArcFaceHead(EMB, 2, s="auto")
+
+
+def test_margin_head_forward_returns_plain_cosines():
+    emb, weight, y = margin_inputs(3, 0.5)
+    head = CosFaceHead(EMB, C)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    assert_close(head(emb), _cosines64(emb.double(), weight.double()), atol=1e-6)
+    with pytest.raises(NotImplementedError):
+        MarginHead(EMB, C, 1.0, 0.1).target_logit(torch.zeros(2, 1))
+
+
+def _extreme_inputs():
+    """Embeddings exactly equal / opposite to a class weight: cos is exactly +1 / -1."""
+    head = ArcFaceHead(EMB, C, s=64.0, m=0.5)
+    with torch.no_grad():
+        head.weight.copy_(2.0 * torch.eye(C, EMB))
+    y = torch.tensor([0, 1, 2, 3])
+    emb = torch.zeros(4, EMB)
+    emb[0, 0], emb[1, 1] = 3.0, 0.5  # equal direction: cos = +1
+    emb[2, 2], emb[3, 3] = -3.0, -0.5  # opposite: cos = -1
+    return head, emb, y
+
+
+def test_arcface_finite_at_cos_plus_minus_one():
+    head, emb, y = _extreme_inputs()
+    cos = head(emb).detach()
+    cos_t = cos.gather(1, y[:, None])[:, 0]
+    assert cos_t.tolist() == [1.0, 1.0, -1.0, -1.0]  # really at the boundary
+    logits, loss, gemb = run_head(head, emb, y)
+    assert torch.isfinite(loss)
+    assert torch.isfinite(gemb).all() and torch.isfinite(head.weight.grad).all()
+    # the values there: cos(0 + m) (up to the sqrt clamp) and the fallback -1 - m sin(m)
+    t = head.margin_logits(cos, y).gather(1, y[:, None])[:, 0] / head.s
+    np.testing.assert_allclose(t[:2].numpy(), math.cos(0.5), atol=2e-4)
+    np.testing.assert_allclose(t[2:].numpy(), -1 - 0.5 * math.sin(0.5), atol=1e-6)
+
+
+@pytest.mark.parametrize("easy_margin", [False, True])
+def test_arcface_under_bf16_autocast(easy_margin):
+    head, emb, y = _extreme_inputs()
+    head.easy_margin = easy_margin
+    g = torch.Generator().manual_seed(4)
+    emb = torch.cat([emb, torch.randn(8, EMB, generator=g)])
+    y = torch.cat([y, torch.arange(8) % C])
+    emb.requires_grad_(True)
+    lin = torch.nn.Linear(EMB, EMB)  # a bf16 producer in front, like the embedder
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats = lin(emb)
+        assert feats.dtype == torch.bfloat16
+        cos = head(feats)
+        assert cos.dtype == torch.float32
+        loss = head.loss(cos, y)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
+    assert head.weight.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- softmax
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_softmax_matches_float64_reference(bias):
+    g = torch.Generator().manual_seed(5)
+    emb, y = torch.randn(B, EMB, generator=g), torch.arange(B) % C
+    head = SoftmaxHead(EMB, C, bias=bias)
+    weight = head.fc.weight.detach().clone()
+    b = head.fc.bias.detach().clone() if bias else torch.zeros(C)
+    e64 = emb.double().requires_grad_(True)
+    w64 = weight.double().requires_grad_(True)
+    b64 = b.double().requires_grad_(True)
+    ref_logits, ref_loss = softmax_ref(e64, w64, b64, y)
+    ref_loss.backward()
+    logits, loss, gemb = run_head(head, emb, y)
+    assert_close(logits, ref_logits)
+    assert_close(loss, ref_loss)
+    assert_close(gemb, e64.grad)
+    assert_close(head.fc.weight.grad, w64.grad)
+    if bias:
+        assert_close(head.fc.bias.grad, b64.grad)
+    else:
+        assert head.fc.bias is None
+
+
+def test_softmax_loss_is_float32_for_bf16_logits():
+    logits = torch.randn(4, C).to(torch.bfloat16)
+    loss = SoftmaxHead(EMB, C).loss(logits, torch.tensor([0, 1, 2, 3]))
+    assert loss.dtype == torch.float32
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def test_make_head_registry():
+    assert set(HEADS) == {"softmax", "center", "arcface", "cosface"}
+    assert type(make_head("softmax", EMB, C)) is SoftmaxHead
+    assert type(make_head("center", EMB, C)) is SoftmaxHead
+    arc = make_head("arcface", EMB, C, s="auto", m=0.3, easy_margin=True)
+    assert type(arc) is ArcFaceHead
+    assert (arc.s, arc.m, arc.easy_margin) == (adacos_scale(C), 0.3, True)
+    cos = make_head("cosface", EMB, C, s=30, m=0.2)
+    assert type(cos) is CosFaceHead and (cos.s, cos.m) == (30.0, 0.2)
+    for name in HEADS:
+        head = make_head(name, EMB, C)
+        assert head.n_classes == C
+        assert head(torch.randn(3, EMB)).shape == (3, C)
+
+
+def test_make_head_unknown_loss():
+    with pytest.raises(ValueError, match="triplet"):
+        make_head("triplet", EMB, C)
+
+
+def test_face_loss_is_zero_in_eval_mode():
+    head = ArcFaceHead(EMB, C, s=10.0)
+    loss = FaceLoss(head)
+    cos, y = head(torch.randn(4, EMB)), torch.tensor([0, 1, 2, 3])
+    assert loss(cos, y).item() == pytest.approx(head.loss(cos, y).item())
+    head.eval()
+    assert loss(torch.randn(4, EMB), y).item() == 0.0

@@ -1,0 +1,172 @@
+"""face_learner for every loss: outputs, the progress table, save/load and lr_find."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+from fvloss.callbacks.center import CENTERS, CenterLoss
+from fvloss.data import face_dls
+from fvloss.heads import ArcFaceHead, CosFaceHead, SoftmaxHead
+from fvloss.learner import LOSSES, FaceLoss, HideValidLoss, face_learner
+from fvloss.synthetic import SyntheticSpec, make_synthetic
+
+EMB = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two threads on two cores shared with other jobs thrash; one is faster and steadier."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def dls(tmp_path_factory):
+    root = make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
+    return face_dls(root, img_size=32, bs=8, num_workers=0)
+
+
+def learner(dls, loss, **kw):
+    kw = {"arch": "resnet18", "emb_dim": EMB, "val_pairs": None, **kw}
+    learn = face_learner(dls, loss=loss, **kw)
+    learn.remove_cb(learn.progress)  # no progress bars in test logs
+    learn.logger = lambda *a: None
+    return learn
+
+
+def state(learn) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+
+
+def assert_same_state(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+HEAD_TYPES = {
+    "softmax": SoftmaxHead,
+    "center": SoftmaxHead,
+    "arcface": ArcFaceHead,
+    "cosface": CosFaceHead,
+}
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_outputs_per_mode(dls, loss):
+    learn = learner(dls, loss)
+    assert type(learn.model.head) is HEAD_TYPES[loss]
+    assert isinstance(learn.loss_func, FaceLoss) and learn.loss_func.head is learn.model.head
+    assert any(isinstance(c, CenterLoss) for c in learn.cbs) == (loss == "center")
+    x = torch.randn(4, 3, 32, 32)
+    learn.model.eval()
+    with torch.no_grad():
+        assert learn.model(x).shape == (4, EMB)
+    learn.model.train()
+    assert learn.model(x).shape == (4, dls.n_classes)
+
+
+def test_unknown_loss(dls):
+    with pytest.raises(ValueError, match="triplet"):
+        face_learner(dls, loss="triplet", arch="resnet18")
+
+
+def test_head_kwargs_reach_the_head(dls):
+    learn = learner(dls, "arcface", head_kwargs={"s": "auto", "m": 0.3, "easy_margin": True})
+    head = learn.model.head
+    assert head.s == pytest.approx(math.sqrt(2) * math.log(dls.n_classes - 1))
+    assert (head.m, head.easy_margin, head.n_classes) == (0.3, True, dls.n_classes)
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_one_epoch_progress_table(dls, loss):
+    learn = learner(dls, loss, val_pairs=50)
+    assert any(isinstance(c, HideValidLoss) for c in learn.cbs)
+    learn.fit(1, 1e-3)
+    names = list(learn.recorder.metric_names)
+    assert names == ["epoch", "train_loss", "auc", "acc", "tar@1e-3", "eer", "time"]
+    assert "valid_loss" not in names
+    values = learn.recorder.values
+    assert len(values) == 1 and len(values[0]) == len(names) - 2  # no epoch, no time
+    row = dict(zip(names[1:-1], values[0]))
+    assert math.isfinite(row["train_loss"]) and row["train_loss"] > 0
+    assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["acc"] <= 1.0 and 0.0 <= row["eer"] <= 1.0
+    # get_preds embeds the validation set
+    preds, _ = learn.get_preds()
+    assert preds.shape == (len(dls.valid_ds), EMB)
+
+
+def test_without_val_pairs_fastai_keeps_its_columns(dls):
+    learn = learner(dls, "softmax", val_pairs=None)
+    assert not any(isinstance(c, HideValidLoss) for c in learn.cbs)
+    learn.fit(1, 1e-3)
+    assert list(learn.recorder.metric_names) == ["epoch", "train_loss", "valid_loss", "time"]
+    assert learn.recorder.values[0][1] == 0.0  # eval-mode loss is defined as 0
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+@pytest.mark.parametrize("loss", ["arcface", "center"])
+def test_save_load_round_trip(dls, tmp_path, loss):
+    learn = learner(dls, loss, path=tmp_path)
+    learn.fit(1, 1e-3)
+    saved = state(learn)
+    if loss == "center":
+        assert torch.count_nonzero(saved[CENTERS]) > 0  # trained centers, not the zeros
+    learn.save("ck")
+    assert (tmp_path / "models" / "ck.pth").exists()
+    fresh = learner(dls, loss, path=tmp_path)
+    before = state(fresh)
+    assert not torch.equal(before["head.weight" if loss == "arcface" else "head.fc.weight"],
+                           saved["head.weight" if loss == "arcface" else "head.fc.weight"])  # fmt: skip
+    fresh.load("ck")  # before any fit: the centers buffer already exists
+    assert_same_state(state(fresh), saved)
+    opt_a, opt_b = learn.opt.state_dict(), fresh.opt.state_dict()
+    assert len(opt_a["state"]) == len(opt_b["state"])
+    for sa, sb in zip(opt_a["state"], opt_b["state"]):
+        assert sa.keys() == sb.keys()
+        for k in sa:
+            if isinstance(sa[k], torch.Tensor):
+                assert torch.equal(sa[k], sb[k]), k
+    # and the loaded learner trains on
+    fresh.fit(1, 1e-3)
+    assert math.isfinite(fresh.recorder.values[-1][0])
+
+
+# ----------------------------------------------------------------------------- lr_find
+
+
+class SeeBeforeRestore(Callback):
+    """Keeps the model state at the end of lr_find, before LRFinder puts the weights back."""
+
+    order = 55  # LRFinder (a ParamScheduler) is 60
+
+    def after_fit(self):
+        self.state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
+
+
+@pytest.mark.parametrize("loss", ["arcface", "center"])
+def test_lr_find_restores_everything(dls, loss):
+    learn = learner(dls, loss)
+    if loss == "center":
+        getattr(learn.model, CENTERS).normal_()
+    before = state(learn)
+    spy = SeeBeforeRestore()
+    learn.add_cb(spy)
+    sugg = learn.lr_find(num_it=5, show_plot=False)
+    assert sugg.valley > 0 and len(learn.recorder.lrs) >= 5
+    # lr_find did move weights, BN statistics and centers ...
+    moved = [k for k in before if not torch.equal(before[k], spy.state[k])]
+    assert "embedder.neck.0.running_mean" in moved
+    assert any(k.startswith("head.") for k in moved)
+    if loss == "center":
+        assert CENTERS in moved
+    # ... and put every one of them back
+    assert_same_state(state(learn), before)

@@ -1,0 +1,218 @@
+"""Recipe smoke tests: a whole run on a tiny synthetic set on the CPU, its run folder, loading it
+back, evaluating it on a pair file, and resuming it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import fvloss.evaluate
+from fvloss.model import EmbeddingNet
+from fvloss.recipes import arcface, center, softmax
+from fvloss.runs import load_run
+from fvloss.synthetic import SyntheticSpec, make_synthetic
+
+EMB = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Two threads on two cores shared with other jobs thrash; one is faster and steadier."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def syn(tmp_path_factory) -> Path:
+    return make_synthetic(SyntheticSpec(8, 6, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
+
+
+def argv(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data", str(data), "--img-size", "32", "--arch", "resnet18", "--emb-dim", str(EMB),
+        "--bs", "16", "--epochs", "1", "--lr-find-iters", "5", "--val-pairs", "100",
+        "--progress", "false", "--workers", "0", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def only_run_dir(out: Path) -> Path:
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    return run_dir
+
+
+def read_json(p: Path):
+    return json.loads(p.read_text())
+
+
+def check_run_folder(run_dir: Path, loss: str, lr_find: bool) -> dict:
+    names = {p.name for p in run_dir.iterdir()}
+    assert {"config.json", "metrics.json", "model.pth", "checkpoints", "data_report.json"} <= names
+    assert ("lr_find.png" in names) == lr_find
+    if lr_find:
+        assert (run_dir / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+    assert (run_dir / "checkpoints" / "last.pth").is_file()
+    assert read_json(run_dir / "checkpoints" / "last.json")["epoch"] == 1
+    cfg = read_json(run_dir / "config.json")
+    assert (cfg["loss"], cfg["arch"], cfg["emb_dim"], cfg["img_size"]) == (
+        loss,
+        "resnet18",
+        EMB,
+        32,
+    )
+    metrics = read_json(run_dir / "metrics.json")
+    assert metrics["loss"] == loss and metrics["epochs"] == 1
+    assert metrics["lr"] == pytest.approx(cfg["lr"]) and cfg["lr"] > 0
+    assert len(metrics["history"]) == 1 and metrics["history"][0]["epoch"] == 0
+    final = metrics["final"]
+    assert final == metrics["history"][-1]
+    assert 0.0 <= final["auc"] <= 1.0 and math.isfinite(final["train_loss"])
+    assert {"acc", "eer"} <= final.keys() and "valid_loss" not in final
+    assert metrics["data_report"]["n_identities"] == 8
+    return metrics
+
+
+@pytest.fixture(scope="module")
+def arcface_run(syn, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("runs")
+    assert arcface.main(argv(syn, out)) == 0
+    return only_run_dir(out)
+
+
+def test_arcface_recipe_with_lr_find(arcface_run):
+    assert arcface_run.name.startswith("arcface-")
+    check_run_folder(arcface_run, "arcface", lr_find=True)
+
+
+@pytest.mark.parametrize(("recipe", "loss"), [(softmax, "softmax"), (center, "center")])
+def test_recipe_with_fixed_lr(syn, tmp_path, recipe, loss):
+    assert recipe.main(argv(syn, tmp_path, "--lr", "1e-3")) == 0
+    run_dir = only_run_dir(tmp_path)
+    metrics = check_run_folder(run_dir, loss, lr_find=False)
+    assert metrics["lr"] == 1e-3
+    if loss == "center":
+        state = torch.load(run_dir / "model.pth", weights_only=True)
+        assert state["center_loss_centers"].shape == (6, EMB)
+        assert torch.count_nonzero(state["center_loss_centers"]) > 0
+
+
+def test_load_run_gives_the_trained_embedder(arcface_run, syn):
+    run = load_run(arcface_run, device="cpu")
+    assert isinstance(run.model, EmbeddingNet) and not run.model.training
+    assert run.config["loss"] == "arcface" and run.metrics["final"]["auc"] >= 0
+    state = torch.load(arcface_run / "model.pth", weights_only=True)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, state[f"embedder.{k}"]), k
+    from fvloss.imageio import read_rgb
+
+    x = run.eval_transform(read_rgb(syn / "id0000" / "id0000_000.png"))
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    with torch.no_grad():
+        assert run.model(x[None]).shape == (1, EMB)
+
+
+def test_load_run_of_an_unfinished_run(arcface_run, tmp_path):
+    # a run killed mid-training has checkpoints/last.pth (weights + optimizer) but no model.pth
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(arcface_run, unfinished)
+    (unfinished / "model.pth").unlink()
+    run = load_run(unfinished, device="cpu")
+    final = torch.load(arcface_run / "model.pth", weights_only=True)
+    for k, v in run.model.state_dict().items():
+        assert torch.equal(v, final[f"embedder.{k}"]), k  # the same weights after 1 epoch
+    assert run.metrics["final"]["auc"] >= 0
+    (unfinished / "checkpoints" / "last.pth").unlink()
+    with pytest.raises(FileNotFoundError, match="no weights"):
+        load_run(unfinished)
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_run(tmp_path)
+
+
+def write_pairs(syn: Path, path: Path) -> Path:
+    rows = [["path1", "path2", "same"]]
+    for i in range(8):
+        rows.append([f"id{i:04d}/id{i:04d}_000.png", f"id{i:04d}/id{i:04d}_001.png", "1"])
+        j = (i + 1) % 8
+        rows.append([f"id{i:04d}/id{i:04d}_002.png", f"id{j:04d}/id{j:04d}_003.png", "0"])
+    with path.open("w", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+def test_evaluate_cli_on_the_run(arcface_run, syn, tmp_path, capsys):
+    pairs = write_pairs(syn, tmp_path / "mypairs.csv")
+    rc = fvloss.evaluate.main(
+        ["--run", str(arcface_run), "--pairs", str(pairs), "--root", str(syn), "--device", "cpu"]
+    )
+    assert rc == 0, capsys.readouterr().err
+    out = arcface_run / "verify"
+    doc = read_json(out / "mypairs.json")
+    assert (out / "mypairs.png").read_bytes()[:4] == b"\x89PNG"
+    assert 0.0 <= doc["auc"] <= 1.0
+    assert doc["meta"]["run"] == str(arcface_run)
+
+
+@pytest.fixture(scope="module")
+def softmax_run(syn, tmp_path_factory) -> Path:
+    """A finished 1-epoch softmax run; tests that resume it work on a copy."""
+    out = tmp_path_factory.mktemp("softmax_runs")
+    assert softmax.main(argv(syn, out, "--lr", "1e-3")) == 0
+    return only_run_dir(out)
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
+
+
+def test_resume_continues_from_the_last_epoch(softmax_run, tmp_path):
+    run_dir = copy_run(softmax_run, tmp_path)
+    first = read_json(run_dir / "metrics.json")
+    weights1 = torch.load(run_dir / "model.pth", weights_only=True)
+    assert softmax.main(["--resume", str(run_dir), "--epochs", "2", "--progress", "false"]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # no new run folder
+    metrics = read_json(run_dir / "metrics.json")
+    assert read_json(run_dir / "config.json")["epochs"] == 2
+    assert read_json(run_dir / "checkpoints" / "last.json")["epoch"] == 2
+    weights2 = torch.load(run_dir / "model.pth", weights_only=True)
+    assert not torch.equal(weights1["head.fc.weight"], weights2["head.fc.weight"])
+    # the resumed epoch is numbered 1 and has its metrics; the skipped epoch 0 adds no row of
+    # its own (it may appear as the first run's row, carried over from the checkpoint)
+    history = metrics["history"]
+    assert [h["epoch"] for h in history] in ([1], [0, 1])
+    assert all("auc" in h and "train_loss" in h for h in history)
+    if len(history) == 2:
+        assert history[0] == first["history"][0]
+    assert history[-1]["auc"] >= 0 and history[-1] != first["history"][0]
+    assert metrics["final"] == history[-1]
+    assert metrics["lr"] == first["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("extra", [[], ["--epochs", "1"]], ids=["no-epochs-flag", "same-epochs"])
+def test_resume_of_a_finished_run_trains_nothing(softmax_run, tmp_path, extra):
+    # the run asked for 1 epoch and finished it: resuming it must not train (without --epochs,
+    # the run's own epochs hold, not the synthetic set's default) and must not fail
+    run_dir = copy_run(softmax_run, tmp_path)
+    weights1 = torch.load(run_dir / "model.pth", weights_only=True)
+    first = read_json(run_dir / "metrics.json")
+    assert softmax.main(["--resume", str(run_dir), "--progress", "false", *extra]) == 0
+    assert read_json(run_dir / "config.json")["epochs"] == 1
+    assert read_json(run_dir / "checkpoints" / "last.json")["epoch"] == 1
+    weights2 = torch.load(run_dir / "model.pth", weights_only=True)
+    for k in weights1:
+        assert torch.equal(weights1[k], weights2[k]), k
+    assert read_json(run_dir / "metrics.json")["history"] == first["history"]
+
+
+def test_metrics_json_is_strict_json(arcface_run):
+    # tar@1e-3 is NaN with few pairs: metrics.json must still parse with a strict parser
+    text = (arcface_run / "metrics.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert np.isfinite(read_json(arcface_run / "metrics.json")["final"]["auc"])
