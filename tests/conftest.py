@@ -8,6 +8,7 @@ skipped, with the reason, where it is absent.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,34 @@ def lfw_view1(shared_dir: Path) -> Path:
     if not (root / "pairsDevTest.txt").is_file():
         pytest.skip(f"LFW View 1 not found under {root}")
     return root
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tests train tiny models on two cores shared with other jobs: two torch threads thrash
+    there, one is faster and steadier. Restored after each module."""
+    if "torch" not in sys.modules:  # keep torch-free test modules torch-free
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_synthetic(tmp_path_factory) -> Path:
+    """6 synthetic identities x 4 images at 32 px, generated once per test session."""
+    from fvloss.synthetic import SyntheticSpec, make_synthetic
+
+    return make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def dls(tiny_synthetic):
+    """Tiny DataLoaders over :func:`tiny_synthetic` (img 32, batch 8, no workers)."""
+    from fvloss.data import face_dls
+
+    return face_dls(tiny_synthetic, img_size=32, bs=8, num_workers=0)

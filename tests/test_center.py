@@ -72,21 +72,6 @@ def test_center_loss_rejects_bad_reduction():
 # ----------------------------------------------------------------------------- in a Learner
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two cores shared with other jobs thrash; one is faster and steadier."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def dls(tmp_path_factory):
-    root = make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
-    return face_dls(root, img_size=32, bs=8, num_workers=0)
-
-
 def center_learner(dls, **kw):
     kw = {"arch": "resnet18", "emb_dim": 8, "val_pairs": None, **kw}
     learn = face_learner(dls, loss="center", **kw)
@@ -264,3 +249,42 @@ def test_callback_needs_an_embedder_or_layer():
         learn2.fit(1, 1e-3)
     centers = getattr(model2, CENTERS)
     assert centers.shape == (2, 3) and torch.count_nonzero(centers) > 0
+
+
+def test_gradient_accumulation_updates_once_per_real_step_with_every_batch(tmp_path):
+    """With fastai's GradientAccumulation, one real step moves the centers with the features
+    of every accumulated batch, and the batches in between do not move them."""
+    from fastai.callback.training import GradientAccumulation
+
+    root = make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path / "syn", quiet=True)
+    dls = face_dls(root, img_size=32, bs=4, num_workers=0, valid_pct=0.2)
+
+    class Spy(Callback):
+        order = 1  # before everything else in the loss/step events
+
+        def before_fit(self):
+            self.feats, self.targets, self.snapshots, self.steps = [], [], [], 0
+
+        def after_pred(self):
+            if self.training:
+                self.feats.append(self.learn.model.embedder(self.learn.xb[0]).detach().float())
+
+        def before_batch(self):
+            if self.training:
+                self.targets.append(self.learn.yb[0])
+                self.snapshots.append(getattr(self.learn.model, CENTERS).clone())
+
+    spy = Spy()
+    learn = face_learner(
+        dls, loss="center", arch="resnet18", emb_dim=8, val_pairs=None, center_alpha=0.5
+    )
+    learn.model.eval()  # BN in eval: re-running the embedder in the spy gives the same features
+    learn.model.train = lambda mode=True: learn.model  # keep BN frozen during the fit
+    learn.fit(1, 0.0, cbs=[GradientAccumulation(n_acc=8), spy])  # 2 batches of 4 per real step
+    # lr 0: weights never move, so centers after the first real step (2 batches) are exactly
+    # one update with both batches' features
+    assert len(spy.snapshots) >= 3
+    expected = spy.snapshots[0].clone()
+    center_update(expected, torch.cat(spy.feats[:2]), torch.cat(spy.targets[:2]), 0.5)
+    torch.testing.assert_close(spy.snapshots[2], expected)
+    torch.testing.assert_close(spy.snapshots[1], spy.snapshots[0])  # no move after batch 1

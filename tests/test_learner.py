@@ -9,27 +9,10 @@ import torch
 from fastai.callback.core import Callback
 
 from fvloss.callbacks.center import CENTERS, CenterLoss
-from fvloss.data import face_dls
 from fvloss.heads import ArcFaceHead, CosFaceHead, SoftmaxHead
 from fvloss.learner import LOSSES, FaceLoss, HideValidLoss, face_learner
-from fvloss.synthetic import SyntheticSpec, make_synthetic
 
 EMB = 8
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two cores shared with other jobs thrash; one is faster and steadier."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def dls(tmp_path_factory):
-    root = make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
-    return face_dls(root, img_size=32, bs=8, num_workers=0)
 
 
 def learner(dls, loss, **kw):

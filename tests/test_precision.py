@@ -18,20 +18,9 @@ from torch.utils.data import TensorDataset
 
 from fvloss.callbacks import precision as P
 from fvloss.callbacks.precision import CPUAutocast, mixed_precision_cb, probe_cpu_bf16
-from fvloss.data import face_dls
 from fvloss.learner import face_learner
-from fvloss.synthetic import SyntheticSpec, make_synthetic
 
 CPU = torch.device("cpu")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two cores shared with other jobs thrash; one is faster and steadier."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_model() -> nn.Module:
@@ -150,12 +139,6 @@ class Watch(Callback):
 
     def after_fit(self):
         self._h.remove()
-
-
-@pytest.fixture(scope="module")
-def dls(tmp_path_factory):
-    root = make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
-    return face_dls(root, img_size=32, bs=8, num_workers=0)
 
 
 def test_cpu_autocast_in_a_learner(dls):

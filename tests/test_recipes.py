@@ -22,15 +22,6 @@ from fvloss.synthetic import SyntheticSpec, make_synthetic
 EMB = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two threads on two cores shared with other jobs thrash; one is faster and steadier."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def syn(tmp_path_factory) -> Path:
     return make_synthetic(SyntheticSpec(8, 6, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)

@@ -58,9 +58,11 @@ class CenterLoss(Callback):
             (fvloss's ``FaceNet``); pass e.g. ``lambda m: m[0]`` to reuse the callback elsewhere.
     """
 
-    # After MixedPrecision (10): its after_loss has left autocast, so the term is computed in
-    # float32, and its before_step has decided whether the step is skipped before ours runs.
-    order = MixedPrecision.order + 5
+    # Before GradientAccumulation (6), whose after_loss divides the loss by the number of
+    # accumulated batches: our term must be in the loss by then to be scaled with it. That is
+    # also before MixedPrecision (10) leaves autocast, so the term casts to float32 itself.
+    # Whether a step really happened is told by after_cancel_step, whatever the order.
+    order = MixedPrecision.order - 5
 
     def __init__(
         self,
@@ -75,7 +77,8 @@ class CenterLoss(Callback):
             raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
         self.n_classes, self.emb_dim, self.lam, self.alpha = n_classes, emb_dim, lam, alpha
         self.reduction, self.layer = reduction, layer
-        self._hook, self._feats, self._target, self._skipped = None, None, None, False
+        self._hook, self._feats, self._skipped = None, None, False
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, labels) since the last step
 
     # -- attaching the centers to the model ------------------------------------------------
     def after_create(self) -> None:
@@ -119,7 +122,8 @@ class CenterLoss(Callback):
         term = center_loss_term(self._feats, self.centers, target, self.reduction)
         self.learn.loss_grad = self.learn.loss_grad + self.lam * term
         self.learn.loss = self.learn.loss_grad.clone()
-        self._target, self._skipped = target, False
+        self._pending.append((self._feats.detach().float(), target))
+        self._skipped = False
 
     def after_cancel_step(self) -> None:
         # fastai still calls after_step when a step is cancelled (GradScaler found inf/NaN,
@@ -127,14 +131,19 @@ class CenterLoss(Callback):
         self._skipped = True
 
     def after_step(self) -> None:
-        if self._skipped or self._feats is None:
+        if self._skipped or not self._pending:
             return
-        center_update(self.centers, self._feats.detach(), self._target, self.alpha)
+        # with gradient accumulation, one real step covers every batch since the last one
+        feats, target = (torch.cat(t) for t in zip(*self._pending, strict=True))
+        ok = torch.isfinite(feats).all(dim=1)  # a batch whose step the grad scaler skipped may hold inf/NaN
+        center_update(self.centers, feats[ok], target[ok], self.alpha)
+        self._pending.clear()
 
     def after_batch(self) -> None:
-        self._feats = self._target = None  # don't keep the graph alive between batches
+        self._feats = None  # don't keep the graph alive between batches
 
     def after_fit(self) -> None:
+        self._pending.clear()
         if self._hook is not None:
             self._hook.remove()
             self._hook = None
