@@ -207,3 +207,19 @@ def test_metrics_json_is_strict_json(arcface_run):
     text = (arcface_run / "metrics.json").read_text()
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert np.isfinite(read_json(arcface_run / "metrics.json")["final"]["auc"])
+
+
+def test_an_explicit_run_dir_that_holds_a_run_is_not_overwritten(syn, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert softmax.main(argv(syn, tmp_path, "--lr", "1e-3", "--run-dir", str(run_dir))) == 0
+    before = (run_dir / "model.pth").read_bytes()
+    assert softmax.main(argv(syn, tmp_path, "--lr", "1e-3", "--run-dir", str(run_dir))) == 2
+    err = capsys.readouterr().err
+    assert str(run_dir) in err and "--resume" in err and "Traceback" not in err
+    assert (run_dir / "model.pth").read_bytes() == before
+
+
+def test_bad_input_is_one_line_naming_the_problem(tmp_path, capsys):
+    assert softmax.main(["--data", str(tmp_path / "nowhere"), "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere" in err and "not found" in err

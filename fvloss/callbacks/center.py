@@ -78,7 +78,9 @@ class CenterLoss(Callback):
         self.n_classes, self.emb_dim, self.lam, self.alpha = n_classes, emb_dim, lam, alpha
         self.reduction, self.layer = reduction, layer
         self._hook, self._feats, self._skipped = None, None, False
-        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []  # (features, labels) since the last step
+        self._pending: list[
+            tuple[torch.Tensor, torch.Tensor]
+        ] = []  # (features, labels) since the last step
 
     # -- attaching the centers to the model ------------------------------------------------
     def after_create(self) -> None:
@@ -135,7 +137,9 @@ class CenterLoss(Callback):
             return
         # with gradient accumulation, one real step covers every batch since the last one
         feats, target = (torch.cat(t) for t in zip(*self._pending, strict=True))
-        ok = torch.isfinite(feats).all(dim=1)  # a batch whose step the grad scaler skipped may hold inf/NaN
+        ok = torch.isfinite(feats).all(
+            dim=1
+        )  # a batch whose step the grad scaler skipped may hold inf/NaN
         center_update(self.centers, feats[ok], target[ok], self.alpha)
         self._pending.clear()
 

@@ -29,7 +29,12 @@ def _log(msg: str) -> None:
 
 def _new_run_dir(cfg: Config) -> Path:
     if cfg.run_dir:
-        return Path(cfg.run_dir)
+        d = Path(cfg.run_dir)
+        if (d / "config.json").exists():  # never train over a finished or resumable run
+            raise FileExistsError(
+                f"{d}: already holds a run; continue it with --resume {d}, or pick another --run-dir"
+            )
+        return d
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.out) / f"{cfg.name or cfg.loss}-{stamp}"
     d, k = base, 1
@@ -77,7 +82,11 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
                 **saved,
                 "resume": str(run_dir),
                 "run_dir": str(run_dir),
-                **({"epochs": cfg.epochs} if source and source.get("epochs") in ("config", "flags") else {}),
+                **(
+                    {"epochs": cfg.epochs}
+                    if source and source.get("epochs") in ("config", "flags")
+                    else {}
+                ),
             }
         )
     else:
@@ -208,7 +217,9 @@ def _pair_callback(cfg: Config):
     # repeats only the forward pass, not the JPEG decoding.
     cache = len(pairs.paths) * 3 * cfg.img_size**2 * 4 < 2**30
     tfm = EvalTransform(cfg.img_size, cfg.mean, cfg.std)
-    return VerifyPairs(pairs, tfm, every=cfg.pairs_every, flip=cfg.flip_tta, prefix="pairs_", cache=cache)
+    return VerifyPairs(
+        pairs, tfm, every=cfg.pairs_every, flip=cfg.flip_tta, prefix="pairs_", cache=cache
+    )
 
 
 class PlainTable:
@@ -254,9 +265,20 @@ def _num(v: Any) -> Any:
 def main(
     argv: list[str] | None = None, recipe: dict[str, Any] | None = None, prog: str = "fvloss train"
 ) -> int:
-    """Command-line entry: ``fvloss train [--loss L] [--config FILE] [--FLAG VALUE ...]``."""
-    cfg, source = resolve_config(argv, recipe, prog=prog)
-    run(cfg, source)
+    """Command-line entry: ``fvloss train [--loss L] [--config FILE] [--FLAG VALUE ...]``.
+
+    Bad input (a missing folder or file, an unreadable image, an invalid setting, a run folder
+    that already holds a run) ends with one line naming the problem and exit status 2, not a
+    traceback; ``FVLOSS_DEBUG=1`` re-raises for the traceback.
+    """
+    try:
+        cfg, source = resolve_config(argv, recipe, prog=prog)
+        run(cfg, source)
+    except (OSError, ValueError) as e:
+        if os.environ.get("FVLOSS_DEBUG"):
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
