@@ -38,17 +38,24 @@ class MarginSchedule(Callback):
         if self.m_full is None:
             self.m_full = float(self._head().m)
 
-    def before_batch(self) -> None:
-        if not self.training:
-            return
-        t = self.pct_train
+    def margin_at(self, t: float) -> float:
+        """The margin at training progress ``t`` in [0, 1]."""
         if t < self.hold:
             f = 0.0
         elif self.warmup > 0:
             f = min(1.0, (t - self.hold) / self.warmup)
         else:
             f = 1.0
-        self._head().m = f * self.m_full
+        return f * self.m_full
+
+    def before_batch(self) -> None:
+        if not self.training:
+            return
+        # lr_find's mock training also runs pct_train from 0 to 1: ramping the margin there
+        # would make the loss climb with the lr for another reason, and the suggested lr
+        # collapse (seen: 6e-7). It sees the loss training starts with instead.
+        t = 0.0 if hasattr(self.learn, "lr_finder") else self.pct_train
+        self._head().m = self.margin_at(t)
 
     def after_fit(self) -> None:
         self._head().m = self.m_full  # a saved / exported head carries its real margin
