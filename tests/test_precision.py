@@ -201,3 +201,24 @@ def test_cpu_autocast_does_not_leak_when_cancelled(exc):
     finally:
         if torch.is_autocast_enabled("cpu"):  # don't poison the tests that follow
             torch.set_autocast_enabled("cpu", False)
+
+
+def test_probe_results_are_cached_per_machine_and_model(tmp_path, monkeypatch):
+    import fvloss.callbacks.precision as P
+
+    calls = []
+
+    def fake_probe(model, x, steps=3):
+        calls.append(1)
+        return {"fp32": 1.0, "bf16": 0.5}
+
+    monkeypatch.setattr(P, "probe_cpu_bf16", fake_probe)
+    monkeypatch.setattr(P, "cpu_bf16_supported", lambda: True)
+    model, x = torch.nn.Conv2d(3, 4, 3), torch.randn(2, 3, 8, 8)
+    cache = tmp_path / "probe.json"
+    cb1, why1 = P.mixed_precision_cb("auto", CPU, model, x, cache=cache)
+    cb2, why2 = P.mixed_precision_cb("auto", CPU, model, x, cache=cache)
+    assert isinstance(cb1, P.CPUAutocast) and isinstance(cb2, P.CPUAutocast)
+    assert len(calls) == 1 and "cached" in why2 and "cached" not in why1
+    P.mixed_precision_cb("auto", CPU, model, torch.randn(2, 3, 16, 16), cache=cache)  # other shape
+    assert len(calls) == 2

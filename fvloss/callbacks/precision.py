@@ -8,7 +8,11 @@ shows it is faster (on CPUs without native bf16 it is 12-30x *slower*), else not
 
 from __future__ import annotations
 
+import hashlib
+import json
+import platform
 import time
+from pathlib import Path
 
 import torch
 from fastai.callback.core import Callback
@@ -98,11 +102,14 @@ def mixed_precision_cb(
     device: torch.device,
     model: nn.Module | None = None,
     sample: torch.Tensor | None = None,
+    cache: Path | None = None,
 ) -> tuple[Callback | None, str]:
     """The callback for ``precision`` on ``device`` and a sentence saying what was chosen and why.
 
     ``"auto"``: fp16 with grad scaling on CUDA; on CPU bf16 autocast only if the CPU has native bf16
     *and* a probe on ``model``/``sample`` shows it faster than fp32; otherwise float32.
+    ``cache``: a JSON file remembering probe results per CPU, torch version, model and input
+    shape, so that only the first run on a machine pays for the probe (delete it to re-measure).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -128,10 +135,62 @@ def mixed_precision_cb(
         )
     if model is None or sample is None:
         return None, "fp32: no probe sample to compare bf16 against"
-    t = probe_cpu_bf16(model, sample)
+    key = _probe_key(model, sample)
+    cached = _read_cache(cache).get(key) if cache else None
+    if cached:
+        t = cached
+    else:
+        t = probe_cpu_bf16(model, sample)
+        if cache:
+            _write_cache(cache, key, t)
     if t["bf16"] < 0.9 * t["fp32"]:
         return (
             CPUAutocast(),
-            f"bf16 autocast on CPU (probe: {t['bf16']:.3f}s vs fp32 {t['fp32']:.3f}s per step)",
+            f"bf16 autocast on CPU ({'cached ' if cached else ''}probe: {t['bf16']:.3f}s vs fp32 {t['fp32']:.3f}s per step)",
         )
-    return None, f"fp32 (probe: bf16 {t['bf16']:.3f}s vs fp32 {t['fp32']:.3f}s per step)"
+    return (
+        None,
+        f"fp32 ({'cached ' if cached else ''}probe: bf16 {t['bf16']:.3f}s vs fp32 {t['fp32']:.3f}s per step)",
+    )
+
+
+def _cpu_id() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        name = next(
+            (
+                ln.split(":", 1)[1].strip()
+                for ln in info.splitlines()
+                if ln.startswith("model name")
+            ),
+            "",
+        )
+        flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
+        return f"{name}/{hashlib.sha1(flags.encode()).hexdigest()[:8]}"
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _probe_key(model: nn.Module, sample: torch.Tensor) -> str:
+    n_params = sum(p.numel() for p in model.parameters())
+    fmt = "cl" if sample.is_contiguous(memory_format=torch.channels_last) else "nchw"
+    return f"{_cpu_id()}|torch {torch.__version__}|{type(model).__name__} {n_params}|{tuple(sample.shape)} {fmt}"
+
+
+def _read_cache(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_cache(path: Path, key: str, times: dict[str, float]) -> None:
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {**_read_cache(path), key: times}
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, indent=1))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only cache folder only costs the next run another probe

@@ -70,7 +70,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
     from ..learner import face_learner
-    from ..synthetic import SyntheticSpec, make_synthetic
+    from ..synthetic import SyntheticSpec, default_cache_dir, make_synthetic
 
     t_start = time.time()
     if cfg.resume:
@@ -127,7 +127,13 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         learn.remove_cb(learn.progress)
         learn.logger = PlainTable(learn)
     xb, _ = dls.one_batch()
-    mp_cb, why = mixed_precision_cb(cfg.precision, dls.device, learn.model.to(dls.device), xb[:16])
+    mp_cb, why = mixed_precision_cb(
+        cfg.precision,
+        dls.device,
+        learn.model.to(dls.device),
+        xb[:16],
+        cache=default_cache_dir() / "precision_probe.json",
+    )
     if mp_cb is not None:
         learn.add_cb(mp_cb)
     _log(f"device {dls.device}; precision: {why}")
