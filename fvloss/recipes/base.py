@@ -105,6 +105,8 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     else:
         data = Path(cfg.data)
 
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
     set_seed(cfg.seed, reproducible=False)
     dls = face_dls(
         data, img_size=cfg.img_size, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, hflip=cfg.hflip,

@@ -67,6 +67,8 @@ class Config:
     schedule: str = "one_cycle"  # one_cycle | flat
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     channels_last: bool = True
+    threads: int = -1  # torch intra-op threads; -1: torch's default (all cores). Set 1 when
+    # other jobs share the cores: 2 threads there thrash (bench/results, cpu_defaults)
     seed: int = 42
     # evaluation
     val_pairs: int = 3000  # pairs drawn from the validation identities, every epoch

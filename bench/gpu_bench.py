@@ -1,0 +1,300 @@
+"""The GPU check behind ``bench/gpu_check.sh``: one run, under 10 minutes, one results table.
+
+    python -m bench.gpu_bench [--dry-run] [--out FILE] [--budget-s 540]
+
+On a CUDA device it measures, each part against its baseline in the same run:
+
+1. **Training step images/s**, ResNet34 + 128-d + softmax head, at 112 and 160 px, batch 64 (the
+   recipes') and 256: fp32 / fp16 (autocast + GradScaler) / bf16 autocast, NCHW against
+   channels_last, fastai ``Adam`` against torch's fused Adam, ``cudnn.benchmark`` on.
+2. **Framework overhead**: ``face_learner`` (softmax / center / ArcFace, the recipes' precision
+   through ``mixed_precision_cb("auto")`` = fp16) against the plain loop (``bench/overhead.py``).
+3. **Loader**: images/s of ``face_dls`` (decode + augment, batches moved to the device) with
+   0..N workers, and the training step fed by it against preloaded tensors
+   (``bench/data_pipeline.py``), on ``../shared`` CelebA-wild JPEGs (or made-up ones).
+
+Each part is written to the results file as soon as it is done, and the parts left when the time
+budget runs out are skipped (and said so), so a run cut short still leaves a table.
+
+``--dry-run`` (or ``FVLOSS_BENCH_DEVICE=cpu``) runs every code path on the CPU at toy sizes (32 px,
+batch 8, a few steps) in about a minute and writes to a temporary file: a check of the script,
+not a measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (  # noqa: E402
+    RESULTS,
+    interleave,
+    machine_header,
+    made_up_jpegs,
+    md_table,
+    median,
+    quiet_warnings,
+    real_jpegs,
+    spread,
+)
+
+quiet_warnings()
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import torch  # noqa: E402
+from fastai.optimizer import Adam as FastaiAdam  # noqa: E402
+
+from bench.data_pipeline import loader_alone, loader_bound  # noqa: E402
+from bench.overhead import compare, fused_adam  # noqa: E402
+from fvloss.callbacks.precision import mixed_precision_cb  # noqa: E402
+from fvloss.data import face_dls  # noqa: E402
+from fvloss.heads import make_head  # noqa: E402
+from fvloss.model import EmbeddingNet, FaceNet  # noqa: E402
+
+N_CLASSES = 269
+
+
+class Step:
+    """One training step variant: dtype, memory format, optimizer."""
+
+    def __init__(self, device, amp, channels_last, fused):
+        torch.manual_seed(0)
+        m = FaceNet(EmbeddingNet("resnet34", 128), make_head("softmax", 128, N_CLASSES))
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        self.model = m.to(device).train()
+        params = list(self.model.parameters())
+        self.opt = fused_adam(params, lr=1e-3) if fused else FastaiAdam(params, lr=1e-3, wd=0.0)
+        self.device, self.amp = torch.device(device), amp
+        self.dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+
+    def step(self, xb, yb):
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp is not None):
+            loss = self.model.head.loss(self.model(xb), yb)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        self.opt.zero_grad()
+
+    def block(self, xb, yb, n):
+        def run():
+            sync(self.device)
+            t = time.perf_counter()
+            for _ in range(n):
+                self.step(xb, yb)
+            sync(self.device)
+            return (time.perf_counter() - t) / n
+
+        return run
+
+
+def sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return "cpu"
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--dry-run", action="store_true", help="toy sizes on the CPU: checks the script"
+    )
+    ap.add_argument("--out", help="results file (default bench/results/gpu_<device>.md)")
+    ap.add_argument("--budget-s", type=float, default=540, help="skip parts that would start later")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[112, 160])
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--workers", type=int, nargs="+", default=None,
+                    help="loader worker counts (default 0 2 4 8 and the CPU count)")  # fmt: skip
+    ap.add_argument(
+        "--data", help="identity folder for the loader part (default ../shared CelebA-wild)"
+    )
+    args = ap.parse_args(argv)
+    t_start = time.time()
+    dry = args.dry_run or os.environ.get("FVLOSS_BENCH_DEVICE") == "cpu"
+    if dry:
+        device = torch.device("cpu")
+        args.sizes, args.batch_sizes, args.steps, args.rounds = [32], [8], 2, 1
+        args.workers = args.workers or [0, 1]
+    elif not torch.cuda.is_available():
+        print(
+            "no CUDA device: run with --dry-run (or FVLOSS_BENCH_DEVICE=cpu) to check the script on the CPU"
+        )
+        return 2
+    else:
+        device = torch.device("cuda")
+    ncpu = os.cpu_count() or 1
+    args.workers = args.workers or sorted({0, 2, 4, 8, ncpu} - {w for w in (2, 4, 8) if w > ncpu})
+    name = device_name(device)
+    if args.out:
+        out_path = Path(args.out)
+    elif dry:
+        out_path = Path(tempfile.gettempdir()) / "fvloss-gpu-check-dryrun.md"
+    else:
+        out_path = RESULTS / f"gpu_{slug(name)}.md"
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+
+    info = f"device: {name}"
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        info += (f" ({p.total_memory / 2**30:.0f} GiB, {p.multi_processor_count} SMs, CUDA {torch.version.cuda}, "
+                 f"cuDNN {torch.backends.cudnn.version()}); {ncpu} CPU cores")  # fmt: skip
+    lines = [f"# GPU check: {name}" + (" (DRY RUN on CPU: not a measurement)" if dry else ""), "",
+             machine_header(info), ""]  # fmt: skip
+
+    def write(*more: str) -> None:
+        lines.extend(more)
+        out_path.write_text("\n".join(lines) + "\n")
+        print("\n".join(more), flush=True)
+
+    def over_budget(part: str) -> bool:
+        if time.time() - t_start > args.budget_s:
+            write(f"### {part}", "", f"skipped: the {args.budget_s:.0f} s budget was spent", "")
+            return True
+        return False
+
+    write()
+
+    # -- 1. training step -------------------------------------------------------------------------
+    if not over_budget("1. Training step"):
+        rows = []
+        torch.backends.cudnn.benchmark = True  # picks the fastest conv algorithms for fixed shapes
+        variants = {
+            "fp32, NCHW": (None, False, False),
+            "fp32, channels_last": (None, True, False),
+            "fp16, NCHW": ("fp16", False, False),
+            "fp16, channels_last": ("fp16", True, False),
+            "bf16, NCHW": ("bf16", False, False),
+            "bf16, channels_last": ("bf16", True, False),
+            "fp16, channels_last, fused Adam": ("fp16", True, True),
+            "bf16, channels_last, fused Adam": ("bf16", True, True),
+        }
+        if dry:  # every code path once (fp16 autocast on a CPU is slow)
+            variants = {
+                k: variants[k]
+                for k in ("fp32, NCHW", "fp16, channels_last", "bf16, channels_last, fused Adam")
+            }
+        for size in args.sizes:
+            for bs in args.batch_sizes:
+                if time.time() - t_start > args.budget_s * 0.45:
+                    rows.append([size, bs, "skipped (budget)", "", "", ""])
+                    continue
+                g = torch.Generator().manual_seed(0)
+                xb = torch.randn(bs, 3, size, size, generator=g).to(device)
+                yb = torch.randint(0, N_CLASSES, (bs,), generator=g).to(device)
+                steps = {k: Step(device, *v) for k, v in variants.items()}
+                for s in steps.values():  # warm-up: cuDNN autotuning, allocator, optimizer state
+                    for _ in range(1 if dry else 3):
+                        s.step(xb, yb)
+                res = interleave({k: s.block(xb, yb, args.steps) for k, s in steps.items()},
+                                 rounds=args.rounds, warmup=0)  # fmt: skip
+                base = median(res["fp32, NCHW"])
+                for k, v in sorted(res.items(), key=lambda kv: median(kv[1])):
+                    rows.append([size, bs, k, f"{bs / median(v):.0f}", spread([bs / x for x in v]),
+                                 f"{base / median(v):.2f}"])  # fmt: skip
+                steps.clear()
+                del xb, yb
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                print(f"  step {size}px bs {bs} done ({time.time() - t_start:.0f} s)", flush=True)
+        tab = md_table(["px", "bs", "variant", "img/s (median)", "IQR", "speed vs fp32 NCHW"], rows)
+        write(f"### 1. Training step, ResNet34 + softmax head ({args.rounds} rounds x {args.steps} steps, cudnn.benchmark on)",
+              "", tab, "")  # fmt: skip
+
+    # -- 2. Learner vs plain loop -----------------------------------------------------------------
+    if not over_budget("2. Framework overhead"):
+        cb, why = mixed_precision_cb("auto", device)
+        amp = None if cb is None else ("fp16" if "fp16" in why else "bf16")
+        rows = []
+        size = args.sizes[0]
+        bs = args.batch_sizes[0]
+        for loss in ("softmax",) if dry else ("softmax", "center", "arcface"):
+            if time.time() - t_start > args.budget_s * 0.7:
+                rows.append([loss, size, bs, "skipped (budget)", "", "", ""])
+                continue
+            r = compare(loss, "resnet34", size, bs, args.steps, args.rounds, amp, device=device)
+            p, lrn = median(r["plain"]), median(r["learner"])
+            rows.append([loss, size, bs, f"{bs / p:.0f}", f"{bs / lrn:.0f}", f"{lrn / p:.3f}",
+                         f"{median(r['_fit_overhead']):.3f}"])  # fmt: skip
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        tab = md_table(["head", "px", "bs", "plain img/s", "Learner img/s", "ratio (time L/P, target <= 1.03)",
+                        "fit start-up s"], rows)  # fmt: skip
+        write(f"### 2. face_learner against the plain loop ({why}; channels_last; fastai Adam vs torch Adam)",
+              "", tab, "")  # fmt: skip
+
+    # -- 3. loader ----------------------------------------------------------------------------------
+    if not over_budget("3. Loader"):
+        tmp = None
+        root = Path(args.data) if args.data else None
+        if root is None:
+            files = real_jpegs("celeba")
+            root = files[0].parents[1] if files else None
+        if root is None:
+            tmp = tempfile.TemporaryDirectory()
+            made_up_jpegs(Path(tmp.name) / "ids", 512, (320, 240))
+            root = Path(tmp.name) / "ids"
+        rows = []
+        for size in args.sizes:
+            for w in args.workers:
+                dl = face_dls(root, img_size=size, bs=args.batch_sizes[0], num_workers=w, check="none",
+                              device=device).train  # fmt: skip
+                ips, first = loader_alone(dl, 8 if dry else 40)
+                rows.append([size, w, f"{ips:.0f}", f"{first:.2f}"])
+                del dl
+        tab = md_table(
+            ["px", "workers", "loader alone img/s (to the device)", "first batch s"], rows
+        )
+        write(
+            f"### 3a. Loader alone: {root.parent.name}/{root.name}, bs {args.batch_sizes[0]}",
+            "",
+            tab,
+            "",
+        )
+        if not over_budget("3b. Loader-bound?"):
+            cb, why = mixed_precision_cb("auto", device)
+            amp = None if cb is None else ("fp16" if "fp16" in why else "bf16")
+            res, alone, n_imgs = loader_bound(root, args.sizes[0], args.batch_sizes[0], [(None, None)], args.steps,
+                                              args.rounds, 0.5, amp, device)  # fmt: skip
+            base = median(res["preloaded tensors"])
+            rows = [
+                [k, f"{args.batch_sizes[0] / median(v):.0f}", f"{median(v) / base:.3f}"]
+                for k, v in res.items()
+            ]
+            tab = md_table(
+                ["training step fed by", "img/s", "ratio vs preloaded (target <= 1.05)"], rows
+            )
+            write(f"### 3b. Training step fed by the loader ({args.sizes[0]} px, bs {args.batch_sizes[0]}, {why})",
+                  "", tab, "")  # fmt: skip
+        if tmp is not None:
+            tmp.cleanup()
+    write(f"(finished in {time.time() - t_start:.0f} s; results in {out_path})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
