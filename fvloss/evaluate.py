@@ -30,7 +30,7 @@ from fastai.callback.core import Callback
 from fastai.learner import Metric, Recorder
 
 from .imageio import ImageReadError, read_rgb
-from .pairs import FORMATS, PairFileError, PairSet, read_pairs
+from .pairs import PairFileError, PairSet, add_pair_options, read_pairs
 from .verify import (
     DEFAULT_FARS,
     VerificationResult,
@@ -510,14 +510,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--run", required=True, type=Path, help="run folder (trained weights)")
     p.add_argument("--pairs", required=True, type=Path, help="pair file")
-    p.add_argument("--root", type=Path, help="image folder (default: the pair file's folder)")
-    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="pair format")
-    p.add_argument("--flip", action="store_true", help="add the mirror image's embedding")
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="drop (and count) pairs with a missing/unreadable image or a malformed line",
-    )
+    add_pair_options(p)
     p.add_argument("--out", type=Path, help="output folder (default: RUN/verify)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--num-workers", type=int, default=0, help="image decoding processes")

@@ -19,6 +19,7 @@ With ``skip_missing=True`` the pair is dropped instead and the reason is kept in
 
 from __future__ import annotations
 
+import argparse
 import csv
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "FORMATS",
+    "add_pair_options",
     "PairFileError",
     "PairSet",
     "detect_format",
@@ -420,3 +422,15 @@ def read_pairs(
         first = f"; first problem: {pairs.skipped[0]}" if pairs.skipped else ""
         raise PairFileError(path, None, f"no usable pairs ({pairs.n_skipped} skipped){first}")
     return pairs
+
+
+def add_pair_options(p: argparse.ArgumentParser) -> None:
+    """The options every command that scores a pair file shares (``verify``, ``compare``)."""
+    p.add_argument("--root", type=Path, help="image folder (default: the pair file's folder)")
+    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="pair format")
+    p.add_argument("--flip", action="store_true", help="add the mirror image's embedding")
+    p.add_argument(
+        "--skip-missing",
+        action="store_true",
+        help="drop (and count) pairs with a missing/unreadable image or a malformed line",
+    )

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ..pairs import FORMATS, PairFileError, PairSet, read_pairs
+from ..pairs import PairFileError, PairSet, add_pair_options, read_pairs
 from ..verify import VerificationResult, far_key, plot_roc, roc_auc, verify_scores
 
 __all__ = [
@@ -554,14 +554,7 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="pair file scored by every run; without it: each run's metrics.json (table only)",
     )
-    p.add_argument("--root", type=Path, help="image folder (default: the pair file's folder)")
-    p.add_argument("--format", default="auto", choices=("auto", *FORMATS), help="pair format")
-    p.add_argument("--flip", action="store_true", help="add the mirror image's embedding")
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="drop (and count) pairs with a missing/unreadable image or a malformed line",
-    )
+    add_pair_options(p)
     p.add_argument("--out", type=Path, help="output folder (default: runs/compare-<pairs-stem>)")
     p.add_argument(
         "--bootstrap", type=int, default=2000, metavar="B", help="resamples (0: no bootstrap)"
