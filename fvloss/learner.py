@@ -11,7 +11,6 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
 from fastai.optimizer import Adam
-from torch import nn
 
 from .callbacks.center import CenterLoss
 from .callbacks.margin import MarginSchedule
@@ -130,8 +129,3 @@ def face_learner(
         **kwargs,
     )
     return learn
-
-
-def embedder(learn: Learner) -> nn.Module:
-    """The embedding network of a face learner (what verification and export use)."""
-    return learn.model.embedder
