@@ -173,6 +173,27 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def keep_freed_memory() -> bool:
+    """glibc: keep freed memory in the process (no ``mmap`` for large blocks, no trimming of the
+    heap) instead of returning it to the OS and faulting it back in at the next training step.
+    What ``--keep-memory`` applies; False where it is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
+        return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+    except (OSError, AttributeError):
+        return False
+
+
+def minor_faults() -> int:
+    """Minor page faults of this process so far (pages the kernel had to map in)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 # -- timing -------------------------------------------------------------------------------------
 def interleave(
     fns: dict[str, Callable[[], float | None]], rounds: int, warmup: int = 1

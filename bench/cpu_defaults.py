@@ -25,9 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (  # noqa: E402
     end_line,
     interleave,
+    keep_freed_memory,
     machine_header,
     md_table,
     median,
+    minor_faults,
     quiet_warnings,
     save_section,
     spread,
@@ -84,6 +86,57 @@ class Variant:
         return run
 
 
+def child_alloc(size: int, bs: int, steps: int, threads: int, keep: bool) -> dict:
+    """One process: the recipes' step (bf16 autocast, channels_last, fastai Adam) with glibc's
+    default malloc or keeping freed memory; median seconds/step, page faults/step, peak RSS."""
+    import resource
+
+    kept = keep_freed_memory() if keep else False
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    xb = torch.randn(bs, 3, size, size, generator=g)
+    yb = torch.randint(0, N_CLASSES, (bs,), generator=g)
+    m = new_model(True)
+    v = Variant(m, FastaiAdam(list(m.parameters()), lr=1e-3, wd=0.0), cpu_bf16_supported(), threads)
+    for _ in range(2):
+        v.step(xb, yb)
+    times, faults = [], []
+    for _ in range(steps):
+        f0, t = minor_faults(), time.perf_counter()
+        v.step(xb, yb)
+        times.append(time.perf_counter() - t)
+        faults.append(minor_faults() - f0)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"s": median(times), "faults": median(faults), "peak_mib": peak, "kept": kept}
+
+
+def alloc_ab(size: int, bs: int, steps: int, threads: int, rounds: int) -> list[list[object]]:
+    """Fresh processes alternating default malloc / kept memory (the setting is process-wide)."""
+    import json
+    import subprocess
+
+    res: dict[str, list[dict]] = {"default": [], "keep": []}
+    for r in range(rounds):
+        for mode in ("default", "keep") if r % 2 == 0 else ("keep", "default"):
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--child-alloc", mode, str(size),
+                   str(bs), str(steps), str(threads)]  # fmt: skip
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode == 0:
+                res[mode].append(json.loads(p.stdout.strip().splitlines()[-1]))
+    rows = []
+    base = median([d["s"] for d in res["default"]])
+    for mode, label in (("default", "glibc default (frees large blocks to the OS)"),
+                        ("keep", "glibc keeps freed memory (mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=2 GiB)")):  # fmt: skip
+        d = res[mode]
+        if not d:
+            rows.append([label, "failed", "", "", "", ""])
+            continue
+        sec = median([x["s"] for x in d])
+        rows.append([label, len(d), f"{bs / sec:.1f}", f"{base / sec:.2f}", f"{median([x['faults'] for x in d]):.0f}",
+                     f"{median([x['peak_mib'] for x in d]):.0f}"])  # fmt: skip
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="64 px, fewer rounds, no compile")
@@ -98,10 +151,20 @@ def main(argv=None) -> int:
         help="the whole matrix at every thread count, compile fp32 too",
     )
     ap.add_argument("--probe-repeats", type=int, default=3, help="runs of the recipes' bf16 probe")
+    ap.add_argument("--alloc-rounds", type=int, default=2,
+                    help="process pairs for the allocator A/B (0: skip)")  # fmt: skip
+    ap.add_argument("--child-alloc", nargs=5, help=argparse.SUPPRESS)
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
+    if args.child_alloc:
+        import json
+
+        mode, size, bs, steps, threads = args.child_alloc
+        print(json.dumps(child_alloc(int(size), int(bs), int(steps), int(threads), mode == "keep")))
+        return 0
     if args.quick:
         args.rounds, args.steps, args.no_compile, args.probe_repeats = 2, 1, True, 1
+        args.alloc_rounds = min(args.alloc_rounds, 1)
     t_start = time.time()
     nthreads = torch.get_num_threads()
     bf16_ok = cpu_bf16_supported()
@@ -236,6 +299,15 @@ def main(argv=None) -> int:
         ]
         print("\n".join(out[-4:]), flush=True)
         del m
+
+    if args.alloc_rounds > 0:
+        size = args.sizes[0]
+        rows = alloc_ab(size, args.bs, 6, 1, args.alloc_rounds)
+        tab = md_table(["allocator", "processes", "img/s (median)", "speed vs default", "page faults/step",
+                        "peak RSS MiB"], rows)  # fmt: skip
+        out += [f"### Allocator: page faults per step ({size} px, bs {args.bs}, bf16, channels_last, 1 thread; "
+                f"fresh processes alternating, 6 steps each after 2 warm-up)", "", tab, ""]  # fmt: skip
+        print("\n".join(out[-4:]), flush=True)
 
     out.append(end_line(t_start))
     print(out[-1])

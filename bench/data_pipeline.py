@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (  # noqa: E402
     end_line,
     interleave,
+    keep_freed_memory,
     machine_header,
     made_up_jpegs,
     md_table,
@@ -183,6 +184,7 @@ class Trainer:
 def loader_bound(
     root: Path, size: int, bs: int, combos: list[tuple[int | None, int | None]], steps: int,
     rounds: int, settle: float, amp: str | None, device: torch.device | str = "cpu",
+    lean: tuple[int, int | None] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]], int]:  # fmt: skip
     """Per-step seconds of the training step fed by the loader for each (workers, torch threads)
     in ``combos`` (``None``: fastai's default worker count / torch's default thread count) and by
@@ -191,6 +193,8 @@ def loader_bound(
     device = torch.device(device)
     default_threads = torch.get_num_threads()
     combos = [(w, None if t == default_threads else t) for w, t in combos]
+    if lean:
+        lean = (lean[0], None if lean[1] == default_threads else lean[1])
     dls = {}
     for w in dict.fromkeys(w for w, _ in combos):
         dls[w] = face_dls(root, img_size=size, bs=bs, num_workers=w, check="none", device=device)
@@ -240,17 +244,52 @@ def loader_bound(
         return g
 
     fns = {}
-    for t in dict.fromkeys(t for _, t in combos):
+    for t in dict.fromkeys(t for _, t in combos + ([lean] if lean else [])):
         fns[f"preloaded tensors, {tname(t)}"] = lambda t=t: timed(pre, t)
     for w, t in combos:
         fns[f"loader, {wname(w)}, {tname(t)}"] = loader_side(w, t)
+    lean_dl = None
+    if lean:  # the same decode + augment in a plain torch DataLoader: what fastai's layer costs
+        w, t = lean
+        lean_dl = lean_loader(next(iter(dls.values())), size, bs, w)
+        iters["lean"] = endless(lean_dl)
+        fns[f"lean torch DataLoader (no fastai), {w} worker{'s' if w != 1 else ''}, {tname(t)}"] = (
+            loader_side("lean", t)
+        )
     res = interleave(fns, rounds=rounds, warmup=1)
     iters.clear()
     gc.collect()
     alone = {wname(w): loader_alone(d.train, max(2 * steps, 8)) for w, d in dls.items()}
+    if lean_dl is not None:
+        alone["lean"] = loader_alone(lean_dl, max(2 * steps, 8))
     d = next(iter(dls.values()))
     alone["bare"] = bare_alone(list(d.train.items), size, bs, max(2 * steps, 8))
     return res, alone, len(dls[combos[0][0]].train_ds)
+
+
+class _LeanDataset(torch.utils.data.Dataset):
+    def __init__(self, items, labels, size):
+        self.items, self.labels, self.size, self.fn = items, labels, size, None
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        if self.fn is None:  # built in the worker: Albumentations pipelines pickle poorly
+            self.fn = fvloss_fn(self.size)
+        return self.fn(self.items[i]), self.labels[i]
+
+
+def lean_loader(dls, size: int, bs: int, workers: int):
+    """A plain ``torch.utils.data.DataLoader`` over the training split of ``dls`` with fvloss's
+    decode + augment and nothing of fastai's per-item machinery (persistent workers)."""
+    items = list(dls.train.items)
+    vocab = {v: i for i, v in enumerate(dls.vocab)}
+    labels = [vocab[p.parent.name] for p in items]
+    return torch.utils.data.DataLoader(
+        _LeanDataset(items, labels, size), batch_size=bs, shuffle=True, drop_last=True,
+        num_workers=workers, persistent_workers=workers > 0,
+    )  # fmt: skip
 
 
 def bare_alone(files: list[Path], size: int, bs: int, n_batches: int) -> tuple[float, float]:
@@ -303,6 +342,8 @@ def main(argv=None) -> int:
                     help="WORKERS:THREADS pairs besides the defaults (fastai's worker count, torch's "
                          "thread count), e.g. 1:1 0:2 2:1")  # fmt: skip
     ap.add_argument("--steps", type=int, default=5, help="steps per block in part 2")
+    ap.add_argument("--lean", default="", metavar="WORKERS:THREADS",
+                    help="also feed the step from a plain torch DataLoader (same pipeline, no fastai)")  # fmt: skip
     ap.add_argument("--loader-rounds", type=int, default=2)
     ap.add_argument("--settle", type=float, default=1.5)
     ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
@@ -318,9 +359,14 @@ def main(argv=None) -> int:
     t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = (
+        "glibc keeps freed memory (--keep-memory)"
+        if args.keep_memory and keep_freed_memory()
+        else "default malloc"
+    )
     cv2_default, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
     torch.set_num_threads(1)  # part 1 is "one worker"
-    out = ["## Data pipeline (`bench/data_pipeline.py`)", "", machine_header(), ""]
+    out = ["## Data pipeline (`bench/data_pipeline.py`)", "", machine_header(malloc), ""]
     print("\n".join(out), flush=True)
 
     tmp = None
@@ -369,13 +415,20 @@ def main(argv=None) -> int:
             root = Path(tmp.name) / "ids"
         combos = [(None, None), *(parse_combo(c) for c in args.combos)]
         amp = "bf16" if args.precision == "bf16" else None
+        lean = parse_combo(args.lean) if args.lean else None
         res, alone, n_imgs = loader_bound(root, args.img_size, args.bs, combos, args.steps,
-                                          args.loader_rounds, args.settle, amp)  # fmt: skip
+                                          args.loader_rounds, args.settle, amp, lean=lean)  # fmt: skip
         rows = []
         for k, v in res.items():
             thr = k.split(", ")[-1]
             base = median(res[f"preloaded tensors, {thr}"])
-            wk = k.split(", ")[1] if k.startswith("loader") else None
+            wk = (
+                k.split(", ")[1]
+                if k.startswith("loader")
+                else "lean"
+                if k.startswith("lean")
+                else None
+            )
             a = alone.get(wk)
             rows.append([k, f"{args.bs / median(v):.1f}", f"{median(v):.3f}", spread(v), f"{median(v) / base:.3f}",
                          f"{a[0]:.0f}" if a else "", f"{a[1]:.2f}" if a else ""])  # fmt: skip

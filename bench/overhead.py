@@ -35,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (  # noqa: E402
     end_line,
     interleave,
+    keep_freed_memory,
     machine_header,
     md_table,
     median,
+    minor_faults,
     quiet_warnings,
     save_section,
     spread,
@@ -161,9 +163,12 @@ class LearnerSide:
             cb, _ = mixed_precision_cb(amp, self.device)
             self.learn.add_cb(cb)
         self.fit_overhead: list[float] = []
+        self.faults: list[float] = []
 
     def run(self) -> list[float]:
+        f0 = minor_faults()
         self.learn.fit_one_cycle(1, LR)
+        self.faults.append((minor_faults() - f0) / len(self.clock.steps))
         self.fit_overhead.append(self.clock.fit_s - sum(self.clock.steps))
         return list(self.clock.steps)
 
@@ -173,8 +178,10 @@ class PlainSide:
     ``torch.optim.Adam``, the same batches and autocast (+ GradScaler for fp16, as fastai's
     MixedPrecision)."""
 
-    def __init__(self, loss, arch, batches, amp, opt_kwargs=None, channels_last=True, device="cpu"):
+    def __init__(self, loss, arch, batches, amp, opt_kwargs=None, channels_last=True, device="cpu",
+                 set_to_none=True):  # fmt: skip
         self.device = torch.device(device)
+        self.set_to_none, self.faults = set_to_none, []
         torch.manual_seed(0)
         head = make_head(loss, 128, N_CLASSES, **HEAD_KW[loss])
         self.model = FaceNet(EmbeddingNet(arch, 128), head)
@@ -191,6 +198,7 @@ class PlainSide:
     def run(self) -> list[float]:
         model, head, opt, scaler = self.model, self.model.head, self.opt, self.scaler
         sync(self.device)
+        f0 = minor_faults()
         steps, t_last = [], time.perf_counter()
         t0 = t_last
         for xb, yb in self.batches:
@@ -207,7 +215,7 @@ class PlainSide:
             else:
                 loss.backward()
                 opt.step()
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=self.set_to_none)
             if self.center:
                 center_update(self.centers, emb.detach(), yb, CENTER_ALPHA)
             t = time.perf_counter()
@@ -216,6 +224,7 @@ class PlainSide:
         if self.device.type == "cuda":
             sync(self.device)
             steps = [(time.perf_counter() - t0) / len(steps)] * len(steps)
+        self.faults.append((minor_faults() - f0) / len(steps))
         return steps
 
 
@@ -230,11 +239,15 @@ def compare(
     }
     if "aa" in extra_sides:  # a second plain loop: the noise floor of comparing two instances
         sides["plain_b"] = PlainSide(loss, arch, batches, amp, **kw)
+    if "keepgrad" in extra_sides:  # the plain loop zeroing its grads in place, as fastai does
+        sides["plain_keepgrad"] = PlainSide(loss, arch, batches, amp, set_to_none=False, **kw)
     if "fused" in extra_sides:
         sides["plain_fused"] = PlainSide(loss, arch, batches, amp, {"fused": True}, **kw)
         sides["learner_fused"] = LearnerSide(loss, arch, batches, amp, opt_func=fused_adam, **kw)
     res = interleave({k: s.run for k, s in sides.items()}, rounds=rounds, warmup=1)
     res["_fit_overhead"] = sides["learner"].fit_overhead[1:]
+    for k, side in sides.items():
+        res[f"_faults_{k}"] = side.faults[1:]
     sides.clear()
     gc.collect()
     return res
@@ -322,6 +335,8 @@ def main(argv=None) -> int:
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                     help="auto: what the recipes pick (fvloss's bf16 probe)")  # fmt: skip
     ap.add_argument("--fused", action="store_true", help="also time both sides with fused Adam")
+    ap.add_argument("--keepgrad", action="store_true",
+                    help="also time the plain loop zeroing grads in place (fastai's way) instead of freeing them")  # fmt: skip
     ap.add_argument("--aa", action="store_true",
                     help="also time a second plain loop (A/A): how far two identical sides differ")  # fmt: skip
     ap.add_argument("--skip", nargs="*", default=[], choices=["tiny", "opt", "e2e"])
@@ -344,6 +359,11 @@ def main(argv=None) -> int:
     t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = (
+        "glibc keeps freed memory (--keep-memory)"
+        if args.keep_memory and keep_freed_memory()
+        else "default malloc"
+    )
 
     bf16 = args.precision == "bf16"
     why = args.precision
@@ -364,7 +384,7 @@ def main(argv=None) -> int:
     out = [
         "## Framework overhead (`bench/overhead.py`)",
         "",
-        machine_header(f"precision: {dtype} ({why})"),
+        machine_header(f"precision: {dtype} ({why}); {malloc}"),
         "",
     ]
     print("\n".join(out), flush=True)
@@ -404,14 +424,18 @@ def main(argv=None) -> int:
     if "e2e" not in args.skip:
         rows = []
         extra = (("fused",) if args.fused else ()) + (("aa",) if args.aa else ())
+        extra += ("keepgrad",) if args.keepgrad else ()
         for size in args.sizes:
             for loss in args.heads:
                 r = compare(loss, "resnet34", size, args.bs, args.steps, args.rounds, amp, extra)
                 p, lrn = median(r["plain"]), median(r["learner"])
                 row = [loss, size, f"{args.bs / p:.1f}", f"{args.bs / lrn:.1f}", f"{lrn / p:.3f}",
                        spread([x / p for x in r["learner"]]), len(r["plain"]), f"{median(r['_fit_overhead']):.2f}"]  # fmt: skip
+                row.append(f"{median(r['_faults_plain']):.0f} / {median(r['_faults_learner']):.0f}")
                 if args.aa:
                     row.append(f"{median(r['plain_b']) / p:.3f}")
+                if args.keepgrad:
+                    row.append(f"{median(r['learner']) / median(r['plain_keepgrad']):.3f}")
                 if args.fused:
                     pf, lf = median(r["plain_fused"]), median(r["learner_fused"])
                     row += [f"{args.bs / pf:.1f}", f"{args.bs / lf:.1f}", f"{lf / pf:.3f}"]
@@ -430,8 +454,11 @@ def main(argv=None) -> int:
             "steps/side",
             "fit start-up s",
         ]
+        hdr += ["page faults/step plain / Learner"]
         if args.aa:
             hdr += ["A/A: 2nd plain loop / plain"]
+        if args.keepgrad:
+            hdr += ["Learner / plain with zero_grad(set_to_none=False)"]
         if args.fused:
             hdr += ["plain fused img/s", "Learner fused img/s", "ratio fused"]
         tab = md_table(hdr, rows)
