@@ -194,6 +194,57 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def busy_loop(threads: int = 2, size: int = 64, bs: int = 16) -> None:
+    """Train a ResNet18 forever with ``threads`` intra-op threads: a stand-in for another
+    engineer's training job on a shared machine (see :func:`background_load`)."""
+    import torch
+    from torchvision.models import resnet18
+
+    torch.set_num_threads(threads)
+    m = resnet18(num_classes=100)
+    opt = torch.optim.SGD(m.parameters(), lr=1e-3)
+    x, y = torch.randn(bs, 3, size, size), torch.randint(0, 100, (bs,))
+    while True:
+        torch.nn.functional.cross_entropy(m(x), y).backward()
+        opt.step()
+        opt.zero_grad()
+
+
+class background_load:
+    """``with background_load(n, threads):`` runs ``n`` :func:`busy_loop` processes (other
+    training jobs) for the block's duration; they are ended by their own ids afterwards."""
+
+    def __init__(self, n: int, threads: int = 2):
+        self.n, self.threads, self.procs = n, threads, []
+
+    def __enter__(self):
+        import subprocess
+
+        code = f"import sys; sys.path.insert(0, {str(REPO)!r}); from bench._common import busy_loop; busy_loop({self.threads})"
+        for _ in range(self.n):
+            self.procs.append(subprocess.Popen([sys.executable, "-c", code]))
+        time.sleep(5 if self.n else 0)  # let them start (imports) and reach their loop
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except Exception:
+                p.kill()
+        return False
+
+    def describe(self) -> str:
+        if not self.n:
+            return "no background load added"
+        return (
+            f"background load: {self.n} ResNet18 training loop{'s' if self.n > 1 else ''} "
+            f"at {self.threads} threads each, running throughout (stand-ins for other jobs)"
+        )
+
+
 # -- timing -------------------------------------------------------------------------------------
 def interleave(
     fns: dict[str, Callable[[], float | None]], rounds: int, warmup: int = 1

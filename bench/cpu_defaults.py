@@ -23,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    background_load,
     end_line,
     interleave,
     keep_freed_memory,
@@ -30,6 +31,7 @@ from bench._common import (  # noqa: E402
     md_table,
     median,
     minor_faults,
+    peak_rss_mib,
     quiet_warnings,
     save_section,
     spread,
@@ -89,8 +91,6 @@ class Variant:
 def child_alloc(size: int, bs: int, steps: int, threads: int, keep: bool) -> dict:
     """One process: the recipes' step (bf16 autocast, channels_last, fastai Adam) with glibc's
     default malloc or keeping freed memory; median seconds/step, page faults/step, peak RSS."""
-    import resource
-
     kept = keep_freed_memory() if keep else False
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
@@ -106,7 +106,7 @@ def child_alloc(size: int, bs: int, steps: int, threads: int, keep: bool) -> dic
         v.step(xb, yb)
         times.append(time.perf_counter() - t)
         faults.append(minor_faults() - f0)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()  # VmHWM: ru_maxrss of an exec'd child starts at its parent's RSS
     return {"s": median(times), "faults": median(faults), "peak_mib": peak, "kept": kept}
 
 
@@ -154,6 +154,11 @@ def main(argv=None) -> int:
     ap.add_argument("--alloc-rounds", type=int, default=2,
                     help="process pairs for the allocator A/B (0: skip)")  # fmt: skip
     ap.add_argument("--child-alloc", nargs=5, help=argparse.SUPPRESS)
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="run N ResNet18 training loops (2 threads each) alongside, as other jobs")  # fmt: skip
+    ap.add_argument(
+        "--tag", default="", help="with --save: a separate section, e.g. for a loaded run"
+    )
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
     if args.child_alloc:
@@ -165,13 +170,18 @@ def main(argv=None) -> int:
     if args.quick:
         args.rounds, args.steps, args.no_compile, args.probe_repeats = 2, 1, True, 1
         args.alloc_rounds = min(args.alloc_rounds, 1)
+    with background_load(args.background_load) as bg:
+        return run(args, bg)
+
+
+def run(args, bg) -> int:
     t_start = time.time()
     nthreads = torch.get_num_threads()
     bf16_ok = cpu_bf16_supported()
     out = [
-        "## CPU defaults (`bench/cpu_defaults.py`)",
+        "## CPU defaults (`bench/cpu_defaults.py`)" + (f" - {args.tag}" if args.tag else ""),
         "",
-        machine_header(f"oneDNN native bf16: {bf16_ok}"),
+        machine_header(f"oneDNN native bf16: {bf16_ok}; {bg.describe()}"),
         "",
     ]
     print("\n".join(out), flush=True)
@@ -312,7 +322,10 @@ def main(argv=None) -> int:
     out.append(end_line(t_start))
     print(out[-1])
     if args.save:
-        print("saved to", save_section("\n".join(out), "cpu_defaults"))
+        print(
+            "saved to",
+            save_section("\n".join(out), "cpu_defaults" + (f"-{args.tag}" if args.tag else "")),
+        )
     return 0
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    background_load,
     end_line,
     interleave,
     keep_freed_memory,
@@ -350,12 +351,27 @@ def main(argv=None) -> int:
                     help="part 2's dtype (the recipes pick bf16 on this CPU; see cpu_defaults.py)")  # fmt: skip
     ap.add_argument("--skip", nargs="*", default=[], choices=["worker", "loader"])
     ap.add_argument(
+        "--keep-memory",
+        action="store_true",
+        help="glibc keeps freed memory (no page faults per step), as proposed for the recipes",
+    )
+    ap.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
+    )
+    ap.add_argument("--background-load", type=int, default=0, metavar="N",
+                    help="run N ResNet18 training loops (2 threads each) alongside, as other jobs")  # fmt: skip
+    ap.add_argument(
+        "--tag", default="", help="with --save: a separate section, e.g. for a loaded run"
     )
     ap.add_argument("--save", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
         args.n_images, args.rounds, args.sizes, args.steps, args.loader_rounds = 32, 2, [64], 3, 1
+    with background_load(args.background_load) as bg:
+        return run(args, bg)
+
+
+def run(args, bg) -> int:
     t_start = time.time()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -366,7 +382,12 @@ def main(argv=None) -> int:
     )
     cv2_default, torch_threads = cv2.getNumThreads(), torch.get_num_threads()
     torch.set_num_threads(1)  # part 1 is "one worker"
-    out = ["## Data pipeline (`bench/data_pipeline.py`)", "", machine_header(malloc), ""]
+    out = [
+        "## Data pipeline (`bench/data_pipeline.py`)" + (f" - {args.tag}" if args.tag else ""),
+        "",
+        machine_header(f"{malloc}; {bg.describe()}"),
+        "",
+    ]
     print("\n".join(out), flush=True)
 
     tmp = None
@@ -446,7 +467,10 @@ def main(argv=None) -> int:
     out.append(end_line(t_start))
     print(out[-1])
     if args.save:
-        print("saved to", save_section("\n".join(out), "data_pipeline"))
+        print(
+            "saved to",
+            save_section("\n".join(out), "data_pipeline" + (f"-{args.tag}" if args.tag else "")),
+        )
     return 0
 
 

@@ -341,6 +341,11 @@ def main(argv=None) -> int:
                     help="also time a second plain loop (A/A): how far two identical sides differ")  # fmt: skip
     ap.add_argument("--skip", nargs="*", default=[], choices=["tiny", "opt", "e2e"])
     ap.add_argument(
+        "--keep-memory",
+        action="store_true",
+        help="glibc keeps freed memory (no page faults per step), as proposed for the recipes",
+    )
+    ap.add_argument(
         "--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)"
     )
     ap.add_argument(
@@ -382,7 +387,7 @@ def main(argv=None) -> int:
     dtype = "bf16 autocast" if bf16 else "fp32"
     amp = "bf16" if bf16 else None
     out = [
-        "## Framework overhead (`bench/overhead.py`)",
+        "## Framework overhead (`bench/overhead.py`)" + (f" - {args.tag}" if args.tag else ""),
         "",
         machine_header(f"precision: {dtype} ({why}); {malloc}"),
         "",
