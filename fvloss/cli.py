@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"fvloss: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    from .recipes.base import quiet_library_warnings
+
+    quiet_library_warnings()
     module = importlib.import_module(COMMANDS[name][0])
     return int(module.main(rest) or 0)
 

@@ -270,6 +270,17 @@ def _num(v: Any) -> Any:
         return v
 
 
+def quiet_library_warnings() -> None:
+    """Hide deprecation notices that libraries raise about their own code, which a user cannot
+    act on: fastai 2.8 calls ``torch.jit.script`` at import, which torch now deprecates. Called
+    by the command-line entries only, never at import, so notebooks keep their warning filters."""
+    import warnings
+
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
+
+
 def main(
     argv: list[str] | None = None, recipe: dict[str, Any] | None = None, prog: str = "fvloss train"
 ) -> int:
@@ -279,6 +290,7 @@ def main(
     that already holds a run) ends with one line naming the problem and exit status 2, not a
     traceback; ``FVLOSS_DEBUG=1`` re-raises for the traceback.
     """
+    quiet_library_warnings()
     try:
         cfg, source = resolve_config(argv, recipe, prog=prog)
         run(cfg, source)
