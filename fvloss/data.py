@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -204,12 +205,32 @@ def train_pipeline(
     if hflip:
         tfms.append(A.HorizontalFlip(p=hflip))
     for spec in extra or []:
-        spec = dict(spec)
-        name = spec.pop("transform")
-        if not hasattr(A, name):
-            raise ValueError(f"unknown albumentations transform {name!r}")
-        tfms.append(getattr(A, name)(**spec))
+        tfms.append(_transform_from_spec(spec))
     return A.Compose([*tfms, _normalize(mean, std)])
+
+
+def _transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
+    """Build one Albumentations transform from ``{"transform": name, **arguments}``.
+
+    Albumentations only *warns* about an argument it does not know and then ignores it, so a
+    typo in an experiment file (``scal = [0.9, 1.1]``) would silently train without that
+    augmentation; here it is an error that names the transform and the argument.
+    """
+    spec = dict(spec)
+    name = spec.pop("transform", None)
+    if not isinstance(name, str) or not hasattr(A, name):
+        raise ValueError(f"unknown albumentations transform {name!r} in {spec}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            tfm = getattr(A, name)(**spec)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"albumentations {name}: {e}") from None
+    for w in caught:
+        if "not valid for transform" in str(w.message):
+            raise ValueError(f"albumentations {name}: {w.message}")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return tfm
 
 
 def eval_pipeline(size: int = 160, mean: float = 0.5, std: float = 0.5) -> A.Compose:

@@ -183,3 +183,29 @@ def test_extra_aug_from_toml(tmp_path):
 def test_shipped_recipes_load(path):
     cfg, _ = resolve_config(["--config", str(path)])
     assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_recipes_build_their_augmentation(path):
+    # Albumentations checks its arguments only when a transform is built: do it here, not after
+    # minutes of data scanning in a real run.
+    import numpy as np
+
+    from fvloss.data import train_pipeline
+
+    cfg, _ = resolve_config(["--config", str(path)])
+    tfm = train_pipeline(cfg.img_size, hflip=cfg.hflip, extra=cfg.extra_aug)
+    out = tfm(image=np.full((112, 112, 3), 128, np.uint8))["image"]
+    assert out.shape == (cfg.img_size, cfg.img_size, 3)
+
+
+def test_celeba64_losses_differ_only_in_the_cost_function():
+    # Issue 5's comparison is fair only if the three experiment files share every other setting.
+    base = load_toml(REPO / "recipes" / "celeba64.toml")
+    losses = set()
+    for loss in ("softmax", "center", "arcface"):
+        cfg = load_toml(REPO / "recipes" / f"celeba64_{loss}.toml")
+        losses.add(cfg["loss"])
+        rest = {k: v for k, v in cfg.items() if k not in ("loss", "name")}
+        assert rest == {k: v for k, v in base.items() if k not in ("loss", "name")}, loss
+    assert losses == {"softmax", "center", "arcface"}

@@ -289,3 +289,17 @@ def test_pipelines():
     assert len(train_pipeline(SIZE, extra=extra).transforms) == 4
     with pytest.raises(ValueError, match="NoSuchTransform"):
         train_pipeline(SIZE, extra=[{"transform": "NoSuchTransform"}])
+
+
+def test_extra_augmentation_typos_are_errors():
+    # Albumentations warns about an unknown argument and drops it; an experiment file with a typo
+    # must not train silently without the augmentation it asked for.
+    with pytest.raises(ValueError, match=r"Affine.*'scal'"):
+        train_pipeline(SIZE, extra=[{"transform": "Affine", "scal": [0.9, 1.1]}])
+    with pytest.raises(ValueError, match="Affine"):
+        train_pipeline(SIZE, extra=[{"transform": "Affine", "scale": "big"}])
+    with pytest.raises(ValueError, match="unknown albumentations transform None"):
+        train_pipeline(SIZE, extra=[{"p": 0.5}])
+    tfm = train_pipeline(SIZE, extra=[{"transform": "Affine", "scale": [0.9, 1.1], "p": 1.0}])
+    assert type(tfm.transforms[2]).__name__ == "Affine"
+    assert tfm.transforms[2].p == 1.0
