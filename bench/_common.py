@@ -17,6 +17,10 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported by the functions that need it: the header helpers stay light
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
@@ -302,6 +306,20 @@ def end_line(t_start: float) -> str:
     return f"(load average at end: {load_avg()}; {time.time() - t_start:.0f} s in all)"
 
 
+def emit(out: list[str], *lines: str) -> None:
+    """Add ``lines`` to the report ``out`` and print them now (long runs show progress)."""
+    out.extend(lines)
+    print("\n".join(lines), flush=True)
+
+
+def finish(out: list[str], t_start: float, save: bool, key: str, tag: str = "") -> None:
+    """End the report with the load and duration; with ``save``, write it into the results file
+    under ``key`` (``key-tag`` for a tagged variant, kept beside the untagged section)."""
+    emit(out, end_line(t_start))
+    if save:
+        print("saved to", save_section("\n".join(out), key + (f"-{tag}" if tag else "")))
+
+
 def save_section(text: str, key: str, path: Path | None = None) -> Path:
     """Put ``text`` into ``path`` (default ``bench/results/cpu_<cpu>.md``) between markers named
     ``key``, replacing what an earlier run of the same script wrote there."""
@@ -323,3 +341,62 @@ def quiet_warnings() -> None:
 
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="fastai")
+
+
+# -- the plain training step the benchmarks compare against -------------------------------------
+def sync(device: torch.device | str) -> None:
+    """Wait for queued GPU work, so a wall clock measures it (a no-op on CPU)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fused_adam(params, **kw):
+    """fastai ``Adam``'s math (mom 0.9, sqr_mom 0.99, eps 1e-5) with torch's fused kernel."""
+    import torch
+    from fastai.optimizer import OptimWrapper
+
+    return OptimWrapper(params, torch.optim.Adam, betas=(0.9, 0.99), eps=1e-5, fused=True, **kw)
+
+
+class PlainStep:
+    """One training step of ResNet34 + 128-d + softmax head as the recipes run it, written out
+    by hand: fastai's Adam (or ``fused``), autocast for ``amp`` ("bf16" or "fp16", None: fp32),
+    fp16 with a GradScaler as fastai's MixedPrecision."""
+
+    def __init__(self, n_classes: int, amp: str | None, device="cpu", channels_last: bool = True,
+                 fused: bool = False):  # fmt: skip
+        import torch
+        from fastai.optimizer import Adam
+
+        from fvloss.heads import make_head
+        from fvloss.model import EmbeddingNet, FaceNet
+
+        self.device, self.amp = torch.device(device), amp
+        torch.manual_seed(0)
+        m = FaceNet(EmbeddingNet("resnet34", 128), make_head("softmax", 128, n_classes))
+        if channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        self.model = m.to(self.device).train()
+        params = list(self.model.parameters())
+        self.opt = fused_adam(params, lr=1e-3) if fused else Adam(params, lr=1e-3, wd=0.0)
+        self.dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+
+    def step(self, xb, yb) -> None:
+        import torch
+
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp is not None):
+            loss = self.model.head.loss(self.model(xb), yb)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.opt.step()
+        self.opt.zero_grad()
+
+    def sync(self) -> None:
+        sync(self.device)

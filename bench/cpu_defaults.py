@@ -24,7 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     background_load,
-    end_line,
+    emit,
+    finish,
+    fused_adam,
     interleave,
     keep_freed_memory,
     machine_header,
@@ -33,7 +35,6 @@ from bench._common import (  # noqa: E402
     minor_faults,
     peak_rss_mib,
     quiet_warnings,
-    save_section,
     spread,
 )
 
@@ -41,7 +42,6 @@ quiet_warnings()
 
 import torch  # noqa: E402
 from fastai.optimizer import Adam as FastaiAdam  # noqa: E402
-from fastai.optimizer import OptimWrapper  # noqa: E402
 
 from fvloss.callbacks.precision import cpu_bf16_supported, mixed_precision_cb  # noqa: E402
 from fvloss.heads import make_head  # noqa: E402
@@ -54,10 +54,6 @@ def new_model(channels_last: bool) -> FaceNet:
     torch.manual_seed(0)
     m = FaceNet(EmbeddingNet("resnet34", 128), make_head("softmax", 128, N_CLASSES)).train()
     return m.to(memory_format=torch.channels_last) if channels_last else m
-
-
-def fused_adam(params, **kw):
-    return OptimWrapper(params, torch.optim.Adam, betas=(0.9, 0.99), eps=1e-5, fused=True, **kw)
 
 
 class Variant:
@@ -242,11 +238,10 @@ def run(args, bg) -> int:
             ["variant", "img/s (median)", "img/s (best)", "IQR img/s", "speed vs default"], rows
         )
         hdr = f"### ResNet34 training step, {size} px, bs {args.bs} ({args.rounds} rounds x {args.steps} steps per variant, after a warm-up round)"
-        out += [hdr, "", tab, ""]
+        emit(out, hdr, "", tab, "")
         if compile_s:
-            out += ["torch.compile first step (compilation) / second step: "
-                    + "; ".join(f"{k}: {a:.0f} s / {b:.1f} s" for k, (a, b) in compile_s.items()), ""]  # fmt: skip
-        print("\n".join(out[-6:] if compile_s else out[-4:]), flush=True)
+            emit(out, "torch.compile first step (compilation) / second step: "
+                 + "; ".join(f"{k}: {a:.0f} s / {b:.1f} s" for k, (a, b) in compile_s.items()), "")  # fmt: skip
         del variants, cl, nchw, cl2, opt_cl, opt_nchw, opt_fused
         pairs = [("bf16 vs fp32 (channels_last)", "bf16, channels_last, {t}", "fp32, channels_last, {t}"),
                  ("channels_last vs NCHW (bf16)", "bf16, channels_last, {t}", "bf16, NCHW, {t}"),
@@ -281,8 +276,7 @@ def run(args, bg) -> int:
         tab = md_table(
             ["A vs B", "threads", "speed-up of A (medians)", "speed-up of A (best steps)"], prow
         )
-        out += ["Ratios (>1: A is faster):", "", tab, ""]
-        print("\n".join(out[-4:]), flush=True)
+        emit(out, "Ratios (>1: A is faster):", "", tab, "")
 
         # the recipes' start-up probe: does it pick what the full-batch measurement picks?
         prows = []
@@ -301,13 +295,10 @@ def run(args, bg) -> int:
             prows.append([t, f"**{picks.count('bf16')} of {len(picks)} picked bf16**",
                           f"full batch: bf16 {full} the speed of fp32"])  # fmt: skip
         tab = md_table(["threads", "probe's choice", "its reason"], prows)
-        out += [
-            f"### The recipes' bf16 probe at {size} px (`mixed_precision_cb('auto')` on 16 images)",
-            "",
-            tab,
-            "",
-        ]
-        print("\n".join(out[-4:]), flush=True)
+        hdr = (
+            f"### The recipes' bf16 probe at {size} px (`mixed_precision_cb('auto')` on 16 images)"
+        )
+        emit(out, hdr, "", tab, "")
         del m
 
     if args.alloc_rounds > 0:
@@ -315,17 +306,10 @@ def run(args, bg) -> int:
         rows = alloc_ab(size, args.bs, 6, 1, args.alloc_rounds)
         tab = md_table(["allocator", "processes", "img/s (median)", "speed vs default", "page faults/step",
                         "peak RSS MiB"], rows)  # fmt: skip
-        out += [f"### Allocator: page faults per step ({size} px, bs {args.bs}, bf16, channels_last, 1 thread; "
-                f"fresh processes alternating, 6 steps each after 2 warm-up)", "", tab, ""]  # fmt: skip
-        print("\n".join(out[-4:]), flush=True)
+        emit(out, f"### Allocator: page faults per step ({size} px, bs {args.bs}, bf16, channels_last, 1 thread; "
+                  f"fresh processes alternating, 6 steps each after 2 warm-up)", "", tab, "")  # fmt: skip
 
-    out.append(end_line(t_start))
-    print(out[-1])
-    if args.save:
-        print(
-            "saved to",
-            save_section("\n".join(out), "cpu_defaults" + (f"-{args.tag}" if args.tag else "")),
-        )
+    finish(out, t_start, args.save, "cpu_defaults", args.tag)
     return 0
 
 

@@ -38,8 +38,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
+    PlainStep,
     background_load,
-    end_line,
+    emit,
+    finish,
     interleave,
     keep_freed_memory,
     machine_header,
@@ -48,7 +50,6 @@ from bench._common import (  # noqa: E402
     median,
     quiet_warnings,
     real_jpegs,
-    save_section,
     spread,
 )
 
@@ -145,43 +146,6 @@ def one_worker(
 
 
 # -- 2. loader-bound? ---------------------------------------------------------------------------
-class Trainer:
-    """One training step of ResNet34 + softmax head with fastai's Adam, as the recipes run it
-    (``amp``: None, "bf16" or "fp16"; fp16 with a GradScaler, as fastai's MixedPrecision)."""
-
-    def __init__(self, n_classes: int, amp: str | None, device: torch.device | str = "cpu"):
-        from fastai.optimizer import Adam
-
-        from fvloss.heads import make_head
-        from fvloss.model import EmbeddingNet, FaceNet
-
-        self.device = torch.device(device)
-        torch.manual_seed(0)
-        self.model = FaceNet(EmbeddingNet("resnet34", 128), make_head("softmax", 128, n_classes))
-        self.model = self.model.to(memory_format=torch.channels_last).to(self.device).train()
-        self.opt = Adam(list(self.model.parameters()), lr=1e-3, wd=0.0)
-        self.amp = amp
-        self.dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
-
-    def step(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp is not None):
-            out = self.model(xb)
-            loss = self.model.head.loss(out, yb)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.opt.step()
-        self.opt.zero_grad()
-
-    def sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-
 def loader_bound(
     root: Path, size: int, bs: int, combos: list[tuple[int | None, int | None]], steps: int,
     rounds: int, settle: float, amp: str | None, device: torch.device | str = "cpu",
@@ -200,7 +164,7 @@ def loader_bound(
     for w in dict.fromkeys(w for w, _ in combos):
         dls[w] = face_dls(root, img_size=size, bs=bs, num_workers=w, check="none", device=device)
     n_classes = next(iter(dls.values())).n_classes
-    trainer = Trainer(n_classes, amp, device)
+    trainer = PlainStep(n_classes, amp, device)
     # preloaded: real batches from the loader, decoded once, kept in memory (on the device)
     it0 = iter(next(iter(dls.values())).train)
     pre = [tuple(t.as_subclass(torch.Tensor) for t in next(it0)) for _ in range(steps)]
@@ -460,17 +424,10 @@ def run(args, bg) -> int:
         note = (f"{root.name} ({n_imgs} training images) -> {args.img_size} px, bs {args.bs}, ResNet34 + softmax, "
                 f"{args.precision}, channels_last, fastai Adam; {args.steps} steps/block x {args.loader_rounds} "
                 f"rounds after a warm-up round, {args.settle} s pause after each loader block.")  # fmt: skip
-        out += ["### 2. Is the training step loader-bound?", "", note, "", tab, ""]
-        print("\n".join(out[-6:]), flush=True)
+        emit(out, "### 2. Is the training step loader-bound?", "", note, "", tab, "")
     if tmp is not None:
         tmp.cleanup()
-    out.append(end_line(t_start))
-    print(out[-1])
-    if args.save:
-        print(
-            "saved to",
-            save_section("\n".join(out), "data_pipeline" + (f"-{args.tag}" if args.tag else "")),
-        )
+    finish(out, t_start, args.save, "data_pipeline", args.tag)
     return 0
 
 

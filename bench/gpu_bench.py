@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
     RESULTS,
+    PlainStep,
     interleave,
     machine_header,
     made_up_jpegs,
@@ -50,60 +51,27 @@ quiet_warnings()
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import torch  # noqa: E402
-from fastai.optimizer import Adam as FastaiAdam  # noqa: E402
 
 from bench.data_pipeline import loader_alone, loader_bound  # noqa: E402
-from bench.overhead import compare, fused_adam  # noqa: E402
+from bench.overhead import compare  # noqa: E402
 from fvloss.callbacks.precision import mixed_precision_cb  # noqa: E402
 from fvloss.data import face_dls  # noqa: E402
-from fvloss.heads import make_head  # noqa: E402
-from fvloss.model import EmbeddingNet, FaceNet  # noqa: E402
 
 N_CLASSES = 269
 
 
-class Step:
-    """One training step variant: dtype, memory format, optimizer."""
+def block(step: PlainStep, xb, yb, n: int):
+    """Time ``n`` steps of ``step`` as one block: seconds per step, GPU work included."""
 
-    def __init__(self, device, amp, channels_last, fused):
-        torch.manual_seed(0)
-        m = FaceNet(EmbeddingNet("resnet34", 128), make_head("softmax", 128, N_CLASSES))
-        if channels_last:
-            m = m.to(memory_format=torch.channels_last)
-        self.model = m.to(device).train()
-        params = list(self.model.parameters())
-        self.opt = fused_adam(params, lr=1e-3) if fused else FastaiAdam(params, lr=1e-3, wd=0.0)
-        self.device, self.amp = torch.device(device), amp
-        self.dtype = torch.float16 if amp == "fp16" else torch.bfloat16
-        self.scaler = torch.amp.GradScaler(self.device.type) if amp == "fp16" else None
+    def run():
+        step.sync()
+        t = time.perf_counter()
+        for _ in range(n):
+            step.step(xb, yb)
+        step.sync()
+        return (time.perf_counter() - t) / n
 
-    def step(self, xb, yb):
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp is not None):
-            loss = self.model.head.loss(self.model(xb), yb)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.opt)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.opt.step()
-        self.opt.zero_grad()
-
-    def block(self, xb, yb, n):
-        def run():
-            sync(self.device)
-            t = time.perf_counter()
-            for _ in range(n):
-                self.step(xb, yb)
-            sync(self.device)
-            return (time.perf_counter() - t) / n
-
-        return run
-
-
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
+    return run
 
 
 def device_name(device: torch.device) -> str:
@@ -205,11 +173,12 @@ def main(argv=None) -> int:
                 g = torch.Generator().manual_seed(0)
                 xb = torch.randn(bs, 3, size, size, generator=g).to(device)
                 yb = torch.randint(0, N_CLASSES, (bs,), generator=g).to(device)
-                steps = {k: Step(device, *v) for k, v in variants.items()}
+                steps = {k: PlainStep(N_CLASSES, amp, device, channels_last=cl, fused=fused)
+                         for k, (amp, cl, fused) in variants.items()}  # fmt: skip
                 for s in steps.values():  # warm-up: cuDNN autotuning, allocator, optimizer state
                     for _ in range(1 if dry else 3):
                         s.step(xb, yb)
-                res = interleave({k: s.block(xb, yb, args.steps) for k, s in steps.items()},
+                res = interleave({k: block(s, xb, yb, args.steps) for k, s in steps.items()},
                                  rounds=args.rounds, warmup=0)  # fmt: skip
                 base = median(res["fp32, NCHW"])
                 for k, v in sorted(res.items(), key=lambda kv: median(kv[1])):
@@ -280,7 +249,8 @@ def main(argv=None) -> int:
             amp = None if cb is None else ("fp16" if "fp16" in why else "bf16")
             res, alone, n_imgs = loader_bound(root, args.sizes[0], args.batch_sizes[0], [(None, None)], args.steps,
                                               args.rounds, 0.5, amp, device)  # fmt: skip
-            base = median(res["preloaded tensors"])
+            # one thread setting here, so one "preloaded tensors, <threads>" baseline
+            base = median(next(v for k, v in res.items() if k.startswith("preloaded tensors")))
             rows = [
                 [k, f"{args.batch_sizes[0] / median(v):.0f}", f"{median(v) / base:.3f}"]
                 for k, v in res.items()

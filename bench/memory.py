@@ -33,7 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import end_line, machine_header, md_table, quiet_warnings, save_section  # noqa: E402
+from bench._common import emit, finish, machine_header, md_table, quiet_warnings  # noqa: E402
 
 MiB = 1024**2
 GiB = 1024**3
@@ -221,13 +221,8 @@ def main(argv=None) -> int:
                 print(f"  step {size}px {prec} {side}: peak {r['later_steps']:.0f} MiB", flush=True)
     tab = md_table(["px", "dtype", "driver", "RSS after imports MiB", "after model MiB",
                     "peak, 1st step MiB", "peak, later steps MiB", "later peak - model MiB"], rows)  # fmt: skip
-    out += [
-        f"### 1. Peak RSS of a training step (ResNet34 + softmax, bs {args.bs}, channels_last, fastai Adam)",
-        "",
-        tab,
-        "",
-    ]
-    print("\n".join(out[-4:]), flush=True)
+    hdr = f"### 1. Peak RSS of a training step (ResNet34 + softmax, bs {args.bs}, channels_last, fastai Adam)"
+    emit(out, hdr, "", tab, "")
 
     rows = []
     avail = available_bytes()
@@ -253,17 +248,14 @@ def main(argv=None) -> int:
                 )
     tab = md_table(["classes", "dim", "head", "weights (fp32)", "+grad+Adam (4x)", "step temporaries",
                     "predicted peak", "measured peak", "head step s"], rows)  # fmt: skip
-    out += [
+    emit(
+        out,
         f"### 2. Classifier / margin head memory (batch {args.bs}, fp32, fastai Adam)",
         "",
         tab,
         "",
-    ]
-    print("\n".join(out[-4:]), flush=True)
-    out.append(end_line(t_start))
-    print(out[-1])
-    if args.save:
-        print("saved to", save_section("\n".join(out), "memory"))
+    )
+    finish(out, t_start, args.save, "memory")
     return 0
 
 

@@ -33,7 +33,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (  # noqa: E402
-    end_line,
+    emit,
+    finish,
+    fused_adam,
     interleave,
     keep_freed_memory,
     machine_header,
@@ -41,8 +43,8 @@ from bench._common import (  # noqa: E402
     median,
     minor_faults,
     quiet_warnings,
-    save_section,
     spread,
+    sync,
 )
 
 quiet_warnings()
@@ -51,7 +53,6 @@ import torch  # noqa: E402
 from fastai.callback.core import Callback, CancelValidException  # noqa: E402
 from fastai.data.core import DataLoaders  # noqa: E402
 from fastai.optimizer import Adam as FastaiAdam  # noqa: E402
-from fastai.optimizer import OptimWrapper  # noqa: E402
 from torch import nn  # noqa: E402
 
 from fvloss.callbacks.center import center_loss_term, center_update  # noqa: E402
@@ -80,11 +81,6 @@ class TinyBody(nn.Module):
 
 
 register_arch("bench_tiny", TinyBody, 16)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class StepClock(Callback):
@@ -253,11 +249,6 @@ def compare(
     return res
 
 
-def fused_adam(params, **kw):
-    """fastai ``Adam``'s math (mom 0.9, sqr_mom 0.99, eps 1e-5) with torch's fused kernel."""
-    return OptimWrapper(params, torch.optim.Adam, betas=(0.9, 0.99), eps=1e-5, fused=True, **kw)
-
-
 # -- optimizer step on ResNet34 ---------------------------------------------------------------
 def optimizer_bench(rounds: int) -> tuple[list[list[object]], float, int]:
     def params():
@@ -315,11 +306,6 @@ def optimizer_bench(rounds: int) -> tuple[list[list[object]], float, int]:
     opts.clear()
     gc.collect()
     return rows, maxdiff, n
-
-
-def emit(out: list[str], *lines: str) -> None:
-    out.extend(lines)
-    print("\n".join(lines), flush=True)
 
 
 def main(argv=None) -> int:
@@ -474,13 +460,7 @@ def main(argv=None) -> int:
             tab,
             "",
         )
-    out.append(end_line(t_start))
-    print(out[-1])
-    if args.save:
-        print(
-            "saved to",
-            save_section("\n".join(out), "overhead" + (f"-{args.tag}" if args.tag else "")),
-        )
+    finish(out, t_start, args.save, "overhead", args.tag)
     return 0
 
 

@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end at toy sizes (not timings: their numbers are not checked).
+
+The GPU script matters most: it runs on a borrowed machine with minutes of budget, so a crash
+there must be found here first (its ``--dry-run`` takes every code path on the CPU).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["-m", "bench.gpu_bench", "--dry-run"],
+        ["bench/overhead.py", "--quick", "--keep-memory"],
+        ["bench/data_pipeline.py", "--quick", "--keep-memory"],
+    ],
+    ids=["gpu_bench", "overhead", "data_pipeline"],
+)
+def test_bench_script_runs(args, tmp_path):
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TMPDIR": str(tmp_path)}
+    r = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "| " in r.stdout  # a Markdown table was printed
+    assert "s in all" in r.stdout or "finished in" in r.stdout  # and the report was closed
