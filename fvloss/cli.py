@@ -11,9 +11,16 @@ import sys
 
 COMMANDS = {
     "train": ("fvloss.recipes.base", "train a recipe: fvloss train --loss arcface [--config FILE]"),
-    "verify": ("fvloss.evaluate", "evaluate a run folder on a pair protocol"),
+    "verify": (
+        "fvloss.eval.verify_cli",
+        "score a run or an ONNX model on pair protocols / .bin sets / IJB",
+    ),
     "align": ("fvloss.align", "detect and align faces: fvloss align SRC DST"),
-    "compare": ("fvloss.recipes.compare", "compare run folders: one table, one ROC figure"),
+    "compare": ("fvloss.eval.compare", "compare run folders: one table, one ROC figure"),
+    "embed": ("fvloss.eval.embed_cli", "embed an image folder: paths + embeddings in one file"),
+    "export": ("fvloss.export", "export a run's embedder to ONNX: fvloss export RUN --onnx FILE"),
+    "pack": ("fvloss.recordio", "write an identity folder as RecordIO: fvloss pack FOLDER OUT_DIR"),
+    "pack-bin": ("fvloss.eval.bins", "write a pair protocol as an insightface .bin"),
     "synthetic": ("fvloss.synthetic", "write the embedded synthetic data set to a folder"),
 }
 

@@ -12,7 +12,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["ImageReadError", "read_rgb", "check_image", "IMAGE_EXTENSIONS"]
+__all__ = [
+    "ImageReadError",
+    "decode_rgb",
+    "read_rgb",
+    "check_image",
+    "check_image_bytes",
+    "IMAGE_EXTENSIONS",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -57,11 +64,18 @@ def check_image(path: str | Path) -> str | None:
             tail = f.read()
     except OSError as e:
         return f"cannot read file ({e.strerror or e})"
-    if size == 0:
+    return check_image_bytes(head[:8] + tail)
+
+
+def check_image_bytes(data: bytes) -> str | None:
+    """:func:`check_image` for encoded bytes in memory (e.g. a RecordIO record): ``None`` when
+    they start with an image signature and are not cut short, else the reason. Only the first 8
+    and last 64 bytes are looked at, so ``head[:8] + tail[-64:]`` of a larger blob is enough."""
+    if not data:
         return "empty file"
-    if not head.startswith(_MAGIC):
+    if not data.startswith(_MAGIC):
         return "not an image (unknown file signature)"
-    return _truncation(head[:8] + tail)
+    return _truncation(data[:8] + data[-64:])
 
 
 def read_rgb(path: str | Path) -> np.ndarray:
@@ -76,15 +90,26 @@ def read_rgb(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as e:
         raise ImageReadError(path, f"cannot read file ({e.strerror or e})") from e
-    if not data:
-        raise ImageReadError(path, "empty file")
-    reason = _truncation(data)
+    return decode_rgb(data, path)
+
+
+def decode_rgb(data: bytes | np.ndarray, name: str | Path = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes (a JPEG/PNG/... held in memory: a RecordIO record, an
+    insightface ``.bin`` entry) to ``HxWx3`` uint8 RGB, exactly as :func:`read_rgb` decodes a
+    file. ``name`` (e.g. ``"train.rec, key 17"``) is what an :class:`ImageReadError` names."""
+    buf = (
+        np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
+    )
+    buf = np.ascontiguousarray(buf, dtype=np.uint8).reshape(-1)
+    if not buf.size:
+        raise ImageReadError(name, "empty file")
+    reason = _truncation(buf[:8].tobytes() + buf[-64:].tobytes())
     if reason:
-        raise ImageReadError(path, reason)
+        raise ImageReadError(name, reason)
     # imdecode from bytes (not imread) so that non-ASCII paths work on every platform.
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None or img.size == 0:
-        raise ImageReadError(path, "not a decodable image")
+        raise ImageReadError(name, "not a decodable image")
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     elif img.dtype != np.uint8:

@@ -14,8 +14,8 @@ from fastai.optimizer import Adam
 
 from .callbacks.center import CenterLoss
 from .callbacks.margin import MarginSchedule
+from .eval.callback import HeldOutPairs, VerifyPairs
 from .heads import Head, MarginHead, make_head
-from .metrics import valid_verification_metrics
 from .model import EmbeddingNet, FaceNet
 
 __all__ = ["face_learner", "FaceLoss", "HideValidLoss", "LOSSES"]
@@ -116,8 +116,7 @@ def face_learner(
         cbs.append(MarginSchedule(margin_hold, margin_warmup))
     metrics = list(metrics or [])
     if val_pairs:
-        metrics += valid_verification_metrics(n_pairs=val_pairs)
-        cbs.append(HideValidLoss())
+        cbs += [VerifyPairs(HeldOutPairs(n_pairs=val_pairs)), HideValidLoss()]
     learn = Learner(
         dls,
         model,

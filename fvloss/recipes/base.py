@@ -7,13 +7,13 @@ A recipe module (``fvloss.recipes.arcface`` ...) only names what differs from th
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..jsonio import write_json
 from .config import Config, resolve_config
 
 __all__ = ["run", "main", "recipe_main", "RunResult"]
@@ -43,23 +43,6 @@ def _new_run_dir(cfg: Config) -> Path:
     return d
 
 
-def _finite(obj: Any) -> Any:
-    """``obj`` with NaN / infinities replaced by ``None``: strict JSON, as fvloss.verify writes."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _save_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(_finite(obj), indent=1, default=str, allow_nan=False))
-    os.replace(tmp, path)  # atomic: an interrupted run never leaves half a JSON
-
-
 def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     """Train and evaluate one experiment; returns (and saves) its metrics."""
     import torch
@@ -69,6 +52,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     from ..callbacks.checkpoint import EpochCheckpoint, load_checkpoint
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
+    from ..eval.report import RunMetrics, write_outputs
     from ..learner import face_learner
     from ..synthetic import SyntheticSpec, default_cache_dir, make_synthetic
 
@@ -117,12 +101,12 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     _log(f"split by identity: {dls.n_classes} training identities ({len(dls.train_ds)} images), "
          f"{len(dls.valid_identities)} validation identities ({len(dls.valid_ds)} images) for verification")  # fmt: skip
 
-    pair_cb = _pair_callback(cfg) if cfg.pairs else None
+    pair_cbs = _pair_callbacks(cfg)
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
         head_kwargs=cfg.head_kwargs, center_lam=cfg.center_lam, center_alpha=cfg.center_alpha,
         margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
-        val_pairs=cfg.val_pairs or None, wd=cfg.wd, channels_last=cfg.channels_last, cbs=[pair_cb] if pair_cb else [],
+        val_pairs=cfg.val_pairs or None, wd=cfg.wd, channels_last=cfg.channels_last, cbs=list(pair_cbs.values()),
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
     if not cfg.progress:  # logs and CI: one plain line per epoch instead of redrawn bars
@@ -154,8 +138,8 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         save_lr_plot(learn.recorder, lr, run_dir / "lr_find.png")
         _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
     resolved = {**cfg.to_dict(), "lr": lr, "data": str(data), "run_dir": str(run_dir)}
-    _save_json(run_dir / "config.json", resolved)
-    _save_json(run_dir / "data_report.json", dls.report.to_dict())
+    write_json(run_dir / "config.json", resolved)
+    write_json(run_dir / "data_report.json", dls.report.to_dict())
 
     ckpt = EpochCheckpoint(lr, done)
     t_fit = time.time()
@@ -178,7 +162,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         for e, vals in enumerate(values)
     ]
     n_seen = len(dls.train_ds) * max(cfg.epochs - start_epoch, 0)
-    result = RunResult(
+    metrics = RunMetrics(
         name=cfg.name or cfg.loss, loss=cfg.loss, data=data_name, run_dir=str(run_dir), lr=lr,
         precision=why, device=str(dls.device), epochs=cfg.epochs, history=history,
         final=history[-1] if history else {}, train_time_s=round(fit_s, 1),
@@ -186,18 +170,17 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         wall_time_s=round(time.time() - t_start, 1), torch=torch.__version__,
         data_report={k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
     )  # fmt: skip
-    if pair_cb is not None and pair_cb.last is not None:
-        from ..evaluate import write_outputs
-
-        stem = Path(cfg.pairs).stem
-        write_outputs(
-            pair_cb.last, run_dir / "verify", stem, meta={"run": str(run_dir), "pairs": cfg.pairs}
-        )
-        result["pairs"] = {"file": cfg.pairs, **pair_cb.last.scalars()}
+    for name, cb in pair_cbs.items():
+        if cb.last is None:
+            continue
+        meta = {"run": str(run_dir), "pairs": cb.pairs.source, "protocol": cb.pairs.format}
+        write_outputs(cb.last, run_dir / "verify", name, meta=meta)
+        metrics.evals[name] = cb.last.scalars()
     if history and "auc" in history[0]:
         best = max(history, key=lambda h: h.get("auc", float("-inf")))
-        result["best_epoch"] = best["epoch"]
-    _save_json(run_dir / "metrics.json", dict(result))
+        metrics.best_epoch = best["epoch"]
+    metrics.write(run_dir)
+    result = RunResult(metrics.to_dict())
     _log(
         f"done in {result['wall_time_s']:.0f}s (training {fit_s:.0f}s, {result['images_per_s']} images/s)"
     )
@@ -209,25 +192,35 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     return result
 
 
-def _pair_callback(cfg: Config):
-    """The per-epoch evaluation on ``cfg.pairs`` (a pair-protocol file)."""
+def _pair_callbacks(cfg: Config) -> dict:
+    """``{name: VerifyPairs}``: the protocols scored during training, ``cfg.pairs`` (any pair
+    protocol, columns ``pairs_*``) and each of ``cfg.val_bins`` (columns ``<bin-stem>_*``)."""
     from ..data import EvalTransform
-    from ..evaluate import VerifyPairs
-    from ..pairs import read_pairs
+    from ..eval.callback import VerifyPairs
+    from ..eval.protocols import read_pairs
 
-    pairs = read_pairs(
-        cfg.pairs, cfg.pairs_root, format=cfg.pairs_format, skip_missing=cfg.skip_bad
-    )
-    _log(
-        f"pairs: {pairs.source}: {len(pairs.index)} pairs, evaluated every epoch (columns pairs_*)"
-    )
-    # Keep the decoded, resized pair images in memory when they fit in ~1 GB: then each epoch
-    # repeats only the forward pass, not the JPEG decoding.
-    cache = len(pairs.paths) * 3 * cfg.img_size**2 * 4 < 2**30
     tfm = EvalTransform(cfg.img_size, cfg.mean, cfg.std)
-    return VerifyPairs(
-        pairs, tfm, every=cfg.pairs_every, flip=cfg.flip_tta, prefix="pairs_", cache=cache
-    )
+    todo = [(cfg.pairs, cfg.pairs_root, cfg.pairs_format, cfg.flip_tta, cfg.pairs_every, "pairs_")]
+    todo += [(b, None, "bin", True, cfg.val_bins_every, None) for b in cfg.val_bins]
+    cbs: dict = {}
+    for path, root, protocol, flip, every, prefix in todo:
+        if not path:
+            continue
+        pairs = read_pairs(path, root, format=protocol, skip_missing=cfg.skip_bad)
+        prefix = prefix or f"{pairs.name}_"
+        _log(
+            f"{pairs.format} pairs {pairs.name} ({pairs.source}): {len(pairs)} pairs, scored every "
+            f"{every} epoch(s) (columns {prefix}*)"
+        )
+        # Keep the decoded, resized images in memory when they fit in ~1 GB: then each epoch
+        # repeats only the forward pass, not the decoding.
+        cache = len(pairs.paths) * 3 * cfg.img_size**2 * 4 < 2**30
+        if pairs.name in cbs:
+            raise ValueError(f"two protocols named {pairs.name!r} scored during training")
+        cbs[pairs.name] = VerifyPairs(
+            pairs, tfm, every=every, flip=flip, prefix=prefix, cache=cache
+        )
+    return cbs
 
 
 class PlainTable:

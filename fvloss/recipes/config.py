@@ -72,11 +72,15 @@ class Config:
     seed: int = 42
     # evaluation
     val_pairs: int = 3000  # pairs drawn from the validation identities, every epoch
-    pairs: str | None = None  # a pair protocol file evaluated every epoch (and at the end)
+    pairs: str | None = None  # a pair protocol (file, CFP folder, .bin) scored every epoch
     pairs_root: str | None = None  # its images' root
-    pairs_format: str = "auto"
+    pairs_format: str = (
+        "auto"  # its protocol: auto | lfw | assignment | csv | cfp-fp | cfp-ff | bin
+    )
     pairs_every: int = 1  # evaluate the pair file every N epochs (and always after the last)
     flip_tta: bool = False
+    val_bins: list[str] = field(default_factory=list)  # insightface .bin sets, scored in training
+    val_bins_every: int = 1  # every N epochs (and after the last), with flip-sum as insightface
     # output
     out: str = "runs"
     run_dir: str | None = None  # explicit run folder; default out/<name>-<timestamp>
@@ -154,6 +158,8 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
             ap.add_argument(flag, type=_bool, nargs="?", const=True, metavar="BOOL")
         elif f.name == "extra_aug":
             continue  # a list of tables: set it in TOML
+        elif f.name == "val_bins":
+            ap.add_argument(flag, nargs="+", metavar="BIN")
         elif t.startswith("int"):
             ap.add_argument(flag, type=int)
         elif t.startswith("float"):

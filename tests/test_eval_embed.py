@@ -15,17 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from fvloss.evaluate import (
-    VerifyPairs,
-    embed_images,
-    evaluate_pairs,
-    main,
-    score_pairs,
-    write_outputs,
-)
+from fvloss.eval.callback import VerifyPairs
+from fvloss.eval.embed import embed_images, evaluate_pairs, score_pairs
+from fvloss.eval.metrics import verify_scores
+from fvloss.eval.protocols import PairSet
+from fvloss.eval.report import write_outputs
+from fvloss.eval.verify_cli import main
 from fvloss.imageio import ImageReadError
-from fvloss.pairs import PairSet
-from fvloss.verify import verify_scores
 
 # Four identities, each a colour direction; images vary a little and are left-right asymmetric
 # so that the mirror image embeds differently.
@@ -172,7 +168,7 @@ def test_image_cache_skips_decoding(faces, monkeypatch):
     pairs, cache = all_pairs(faces), {}
     a, _ = score_pairs(MeanColour(), pairs, transform, cache=cache)
     assert len(cache) == len(faces)
-    monkeypatch.setattr("fvloss.evaluate.read_rgb", lambda p: pytest.fail("decoded again"))
+    monkeypatch.setattr("fvloss.eval.embed.read_rgb", lambda p: pytest.fail("decoded again"))
     b, _ = score_pairs(MeanColour(), pairs, transform, cache=cache)
     np.testing.assert_array_equal(a, b)
 
@@ -216,17 +212,17 @@ def test_callback_puts_metrics_in_recorder(faces, capsys):
 
     names = learn.recorder.metric_names
     assert names == [
-        "epoch", "train_loss", "valid_loss", "accuracy", "auc", "acc", "tar@far=1e-3", "eer",
+        "epoch", "train_loss", "valid_loss", "accuracy", "auc", "acc", "tar@1e-3", "eer",
         "time",
     ]  # fmt: skip
-    assert "tar@far=1e-3" in capsys.readouterr().out  # the progress table shows the columns
+    assert "tar@1e-3" in capsys.readouterr().out  # the progress table shows the columns
     values = [dict(zip(names[1:-1], v)) for v in learn.recorder.values]
     assert math.isnan(values[0]["auc"])  # every=2: epoch 0 not evaluated
     assert [e for e, _ in cb.history] == [1, 2]  # ... epoch 1, and always the last one
     for epoch, scalars in cb.history:
         assert values[epoch]["auc"] == scalars["auc"] and 0 <= scalars["auc"] <= 1
         assert values[epoch]["acc"] == scalars["acc"] and values[epoch]["eer"] == scalars["eer"]
-        assert math.isnan(values[epoch]["tar@far=1e-3"])  # 96 different pairs cannot resolve it
+        assert math.isnan(values[epoch]["tar@1e-3"])  # 96 different pairs cannot resolve it
     # the last epoch's numbers are those of evaluating the final model now
     again = cb.evaluate(learn.model)
     assert again.auc == cb.last.auc == cb.history[-1][1]["auc"]

@@ -18,18 +18,18 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from fvloss import cli
-from fvloss.evaluate import main as verify_main
-from fvloss.evaluate import pairs_digest, score_pairs, write_outputs
-from fvloss.pairs import read_pairs
-from fvloss.recipes import compare
-from fvloss.recipes.compare import (
+from fvloss.eval import compare
+from fvloss.eval.bootstrap import (
     bootstrap_weights,
     choose_comparisons,
-    load_scores,
     paired_bootstrap,
     weighted_auc,
 )
-from fvloss.verify import roc_auc, verify_scores
+from fvloss.eval.embed import score_pairs
+from fvloss.eval.metrics import roc_auc, verify_scores
+from fvloss.eval.protocols import read_pairs
+from fvloss.eval.report import load_scores, pairs_digest, write_outputs
+from fvloss.eval.verify_cli import main as verify_main
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -299,7 +299,7 @@ def test_cli_on_cached_scores(two_runs, no_model, capsys):
     assert c["diff"] == pytest.approx(want) and f"{want:+.4f}" in line
     assert doc["pairs"]["n_pairs"] == n and doc["pairs"]["sha1"] == pairs_digest(t.pairs)
     assert [r["label"] for r in doc["runs"]] == ["softmax", "arcface"]
-    assert doc["runs"][0]["tar@far=1e-3"] is None and "resolve FAR" in doc["runs"][0]["tar_reason"]
+    assert doc["runs"][0]["tar@1e-3"] is None and "resolve FAR" in doc["runs"][0]["tar_reason"]
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
     # one run: its table and ROC, nothing to bootstrap
     assert compare.main([argv[0], *argv[2:]]) == 0

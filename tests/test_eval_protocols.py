@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fvloss.pairs import (
+from fvloss.eval.protocols import (
     PairFileError,
     PairSet,
     detect_format,
