@@ -8,7 +8,9 @@ The pieces, each usable on its own:
 * :func:`train_pipeline` / :func:`eval_pipeline` are Albumentations pipelines;
 * :class:`AlbumentationsTransform` bridges them into a fastai ``DataBlock`` as *one* item
   transform that picks the train or eval pipeline by split;
-* :func:`face_dls` puts it all together.
+* :func:`face_dls` puts it all together; its ``root`` may also be an insightface / MXNet
+  RecordIO set (a ``.rec``, or a folder with ``train.rec`` + ``train.idx``: see
+  :mod:`fvloss.recordio`), which then trains exactly as the same faces in a folder.
 """
 
 from __future__ import annotations
@@ -35,11 +37,19 @@ from fastai.data.transforms import (
 from fastai.torch_core import TensorImage  # noqa: E402
 
 from .imageio import IMAGE_EXTENSIONS, ImageReadError, check_image, read_rgb  # noqa: E402
+from .recordio import (  # noqa: E402
+    RecordImageReader,
+    is_record_set,
+    record_set_paths,
+    scan_record_set,
+)
 
 __all__ = [
     "DataReport",
     "IdentityIndex",
+    "RecordSetIndex",
     "scan_identities",
+    "scan_records",
     "split_identities",
     "train_pipeline",
     "eval_pipeline",
@@ -102,6 +112,22 @@ class IdentityIndex:
     @property
     def identities(self) -> list[str]:
         return sorted(set(self.labels))
+
+
+@dataclass
+class RecordSetIndex(IdentityIndex):
+    """An :class:`IdentityIndex` of a RecordIO set: ``items`` are record keys of ``rec``."""
+
+    rec: Path = Path()
+    idx: Path = Path()
+
+
+def scan_records(path: str | Path, check: str = "quick", skip_bad: bool = False) -> RecordSetIndex:
+    """:func:`scan_identities` for a ``.rec`` (or a folder with ``train.rec`` + ``train.idx``):
+    see :func:`fvloss.recordio.scan_record_set`."""
+    paths = record_set_paths(path)
+    keys, labels, report = scan_record_set(paths.rec, check=check, skip_bad=skip_bad)
+    return RecordSetIndex(keys, labels, report, paths.rec, paths.idx)
 
 
 def _is_image(p: Path) -> bool:
@@ -300,20 +326,30 @@ def face_dls(
 ) -> DataLoaders:
     """Training / validation ``DataLoaders`` for an identity folder, split by identity.
 
+    ``root`` may also be a RecordIO set (a ``.rec`` file, or a folder holding ``train.rec``):
+    the same split, pipelines and report, with images decoded from the record file (each
+    DataLoader worker opens its own handle).
+
     Labels of the training identities are ``0..n_classes-1`` (``dls.n_classes``); validation
     identities come after them in ``dls.vocab`` and only serve verification pairs. The scan's
     :class:`DataReport` is ``dls.report``.
     """
-    index = index or scan_identities(root, check=check, skip_bad=skip_bad)
+    if index is None:
+        scan = scan_records if is_record_set(root) else scan_identities
+        index = scan(root, check=check, skip_bad=skip_bad)
+    if isinstance(index, RecordSetIndex):
+        read, get_y = RecordImageReader(index.rec, index.idx), _RecordLabels(index)
+    else:
+        read, get_y = read_rgb, partial(_label_of, root=Path(root))
     train_ids, valid_ids = split_identities(index.labels, valid_pct, seed)
     train_set = set(train_ids)
     valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
     block = DataBlock(
         blocks=(
-            TransformBlock(type_tfms=read_rgb),
+            TransformBlock(type_tfms=read),
             CategoryBlock(vocab=train_ids + valid_ids, sort=False),
         ),
-        get_y=partial(_label_of, root=Path(root)),
+        get_y=get_y,
         splitter=IndexSplitter(valid_idx),
         item_tfms=AlbumentationsTransform(
             train_pipeline(img_size, hflip, mean, std, extra_aug),
@@ -335,3 +371,14 @@ def face_dls(
 def _label_of(p: Path, root: str | Path) -> str:
     """The identity of ``p``: its first folder below ``root`` (images may sit in sub-folders)."""
     return p.relative_to(root).parts[0]
+
+
+class _RecordLabels:
+    """``key -> identity name`` of a record set (a callable object rather than an annotated
+    function: fastai dispatches a function on its annotation and passes other types through)."""
+
+    def __init__(self, index: RecordSetIndex):
+        self.names = dict(zip(index.items, index.labels))
+
+    def __call__(self, key: int) -> str:
+        return self.names[key]
