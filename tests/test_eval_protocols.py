@@ -1,4 +1,4 @@
-"""Pair protocols: LFW pairs.txt (View 1 and View 2 layouts), the assignment format, CSV."""
+"""Pair protocols: LFW pairs.txt (View 1 and View 2 layouts), the assignment format, CSV, CFP."""
 
 from __future__ import annotations
 
@@ -246,3 +246,102 @@ def test_lfw_view1_devtest_finds_every_image(lfw_view1):
     assert p.folds is None
     assert all(path.is_file() for path in p.paths)
     assert len(p.paths) == len(set(p.paths))
+
+
+# ----------------------------------------------------------------------------- CFP
+
+
+def cfp_tree(root: Path, n_ids: int = 4, folds: int = 2) -> Path:
+    """A CFP-shaped folder: ``Data/Images/<id>/{frontal,profile}/NN.jpg`` and ``Protocol/``
+    with numbered pair lists and ``Split/{FF,FP}/<fold>/{same,diff}.txt``."""
+    lines = {"F": [], "P": []}
+    for i in range(1, n_ids + 1):
+        for kind, n in (("frontal", 3), ("profile", 2)):
+            for j in range(1, n + 1):
+                touch(root / "Data" / "Images" / f"{i:03d}" / kind / f"{j:02d}.jpg")
+                key = "F" if kind == "frontal" else "P"
+                lines[key].append(
+                    f"{len(lines[key]) + 1} ../Data/Images/{i:03d}/{kind}/{j:02d}.jpg"
+                )
+    proto = root / "Protocol"
+    proto.mkdir(parents=True)
+    for key in "FP":
+        write(proto / f"Pair_list_{key}.txt", "\n".join(lines[key]) + "\n")
+    for split in ("FF", "FP"):
+        for g in range(1, folds + 1):
+            d = proto / "Split" / split / f"{g:02d}"
+            d.mkdir(parents=True)
+            # id g: frontal 1 vs frontal 2 / profile 1 (same); id g vs id g+1 (different)
+            second = 2 if split == "FF" else 1
+            write(
+                d / "same.txt",
+                f"{3 * (g - 1) + 1},{second if split == 'FF' else 2 * (g - 1) + 1}\n",
+            )
+            write(
+                d / "diff.txt",
+                f"{3 * (g - 1) + 1},{second + 3 * g if split == 'FF' else 2 * g + 1}\n",
+            )
+    return root
+
+
+@pytest.mark.parametrize("protocol", ["cfp-fp", "cfp-ff"])
+def test_cfp_protocol_pairs_and_folds(tmp_path, protocol):
+    root = cfp_tree(tmp_path / "cfp")
+    pairs = read_pairs(root, format=protocol)
+    assert pairs.name == protocol and pairs.format == protocol and len(pairs) == 4
+    assert pairs.same.tolist() == [True, False, True, False]
+    assert pairs.folds.tolist() == [0, 0, 1, 1]
+    a, b = (p.relative_to(root / "Data" / "Images").as_posix() for p in pairs.pair_paths(0))
+    assert a == "001/frontal/01.jpg"
+    assert b == ("001/frontal/02.jpg" if protocol == "cfp-ff" else "001/profile/01.jpg")
+    a, b = (p.relative_to(root / "Data" / "Images").as_posix() for p in pairs.pair_paths(3))
+    assert a == "002/frontal/01.jpg"
+    assert b == ("003/frontal/02.jpg" if protocol == "cfp-ff" else "003/profile/01.jpg")
+    # the Protocol folder itself works too, and --root replaces Data/Images
+    aligned = tmp_path / "aligned"
+    for p in pairs.paths:
+        touch(aligned / p.relative_to(root / "Data" / "Images"))
+    moved = read_pairs(root / "Protocol", aligned, format=protocol)
+    assert all(str(p).startswith(str(aligned)) for p in moved.paths)
+    assert moved.same.tolist() == pairs.same.tolist()
+
+
+def test_cfp_folder_needs_a_protocol_name(tmp_path):
+    root = cfp_tree(tmp_path / "cfp")
+    with pytest.raises(PairFileError, match="cfp-fp or cfp-ff"):
+        read_pairs(root)
+    with pytest.raises(PairFileError, match="not a CFP folder"):
+        read_pairs(tmp_path, format="cfp-fp")
+
+
+def test_cfp_bad_lines_and_missing_images(tmp_path):
+    root = cfp_tree(tmp_path / "cfp")
+    same = root / "Protocol" / "Split" / "FP" / "02" / "same.txt"
+    write(same, "4;2\n")
+    with pytest.raises(PairFileError, match=r"same.txt, line 1: expected 'a,b'"):
+        read_pairs(root, format="cfp-fp")
+    write(same, "4,99\n")
+    with pytest.raises(PairFileError, match="99 is not in Pair_list_P.txt"):
+        read_pairs(root, format="cfp-fp")
+    write(same, "4,4\n")  # profile 4 = 002/profile/02, used by this pair only
+    (root / "Data" / "Images" / "002" / "profile" / "02.jpg").unlink()
+    with pytest.raises(PairFileError, match=r"same.txt, line 1: image not found: .*002/profile/02"):
+        read_pairs(root, format="cfp-fp")
+    kept = read_pairs(root, format="cfp-fp", skip_missing=True)
+    assert len(kept) == 3 and kept.n_skipped == 1
+    assert kept.skipped[0].startswith("FP/02/same.txt, line 1: image not found")
+
+
+def test_cfp_official_protocol(shared_dir):
+    cfp = shared_dir / "data" / "cfp"
+    if not (cfp / "Protocol" / "Split" / "FP").is_dir():
+        pytest.skip(f"CFP not found under {cfp}")
+    for protocol, n_images in (("cfp-fp", 5901), ("cfp-ff", 4764)):
+        pairs = read_pairs(cfp, format=protocol)
+        assert len(pairs) == 7000 and pairs.n_same == 3500 and pairs.n_skipped == 0
+        assert np.bincount(pairs.folds).tolist() == [700] * 10
+        for g in range(10):  # 350 same then 350 different in every fold
+            assert pairs.same[pairs.folds == g].sum() == 350
+        assert len(pairs.paths) == n_images
+        kinds = {p.parent.name for p in pairs.paths}
+        assert kinds == ({"frontal", "profile"} if protocol == "cfp-fp" else {"frontal"})

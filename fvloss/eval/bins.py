@@ -320,7 +320,9 @@ def _labels(path: Path, labels) -> np.ndarray:
         bad = [x for x in labels if not isinstance(x, (bool, int, np.bool_))]
         if bad:
             raise BinFileError(path, f"issame holds a {type(bad[0]).__name__}, not a bool")
-        out = np.array(labels, dtype=np.int64)
+        if any(x not in (0, 1) for x in labels):  # before numpy: a huge int would overflow
+            raise BinFileError(path, "issame holds values other than true/false (0/1)")
+        out = np.array(labels, dtype=bool)
     else:
         raise BinFileError(path, f"issame is a {type(labels).__name__}, not a list of bools")
     if out.dtype != np.bool_ and not np.isin(out, (0, 1)).all():
@@ -343,7 +345,7 @@ def load_bin(path: str | Path) -> tuple[list[Image], np.ndarray]:
         what = (
             f"a {len(obj)}-item {type(obj).__name__}"
             if isinstance(obj, (tuple, list))
-            else (f"a {type(obj).__name__}")
+            else f"a {type(obj).__name__}"
         )
         raise BinFileError(path, f"expected a pair (images, issame), got {what}")
     bins, labels = obj
