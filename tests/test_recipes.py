@@ -223,3 +223,57 @@ def test_bad_input_is_one_line_naming_the_problem(tmp_path, capsys):
     assert softmax.main(["--data", str(tmp_path / "nowhere"), "--progress", "false"]) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "not found" in err
+
+
+def cfp_from_synthetic(syn: Path, root: Path) -> Path:
+    """A CFP-shaped folder (official ``Protocol/`` layout, 2 folds) over the synthetic faces:
+    images 0-3 of each identity play "frontal", 4-5 "profile"."""
+    ids = sorted(p.name for p in syn.iterdir() if p.is_dir())
+    lists: dict[str, list[str]] = {"F": [], "P": []}
+    number: dict[tuple[str, int], int] = {}
+    for name in ids:
+        for j, img in enumerate(sorted((syn / name).iterdir())):
+            key = "F" if j < 4 else "P"
+            lists[key].append(f"{len(lists[key]) + 1} ../Data/Images/{name}/{img.name}")
+            number[(name, j)] = len(lists[key])
+    proto = root / "Protocol"
+    proto.mkdir(parents=True)
+    for key in "FP":
+        (proto / f"Pair_list_{key}.txt").write_text("\n".join(lists[key]) + "\n")
+    for split, second in (("FP", 4), ("FF", 1)):
+        for g in range(2):
+            d = proto / "Split" / split / f"{g + 1:02d}"
+            d.mkdir(parents=True)
+            mine = ids[4 * g : 4 * g + 4]
+            same = [f"{number[(n, 0)]},{number[(n, second)]}" for n in mine]
+            diff = [
+                f"{number[(n, 0)]},{number[(m, second)]}" for n, m in zip(mine, mine[1:] + mine[:1])
+            ]
+            (d / "same.txt").write_text("\n".join(same) + "\n")
+            (d / "diff.txt").write_text("\n".join(diff) + "\n")
+    return root
+
+
+def test_protocols_scored_during_training(syn, tmp_path):
+    """CFP-FP (any protocol) and insightface .bin sets are scored while training, into the
+    progress table, metrics.json and RUN/verify, under one set of column names."""
+    from fvloss.eval.bins import pack_bin
+    from fvloss.eval.protocols import read_pairs
+
+    cfp = cfp_from_synthetic(syn, tmp_path / "cfp")
+    pack_bin(read_pairs(write_pairs(syn, tmp_path / "mini.csv"), syn), tmp_path / "mini.bin")
+    out = tmp_path / "runs"
+    extra = ["--pairs", str(cfp), "--pairs-format", "cfp-fp", "--pairs-root", str(syn)]
+    extra += ["--val-bins", str(tmp_path / "mini.bin"), "--lr", "1e-3"]
+    assert softmax.main(argv(syn, out, *extra)) == 0
+    run_dir = only_run_dir(out)
+    m = read_json(run_dir / "metrics.json")
+    final = m["final"]
+    for prefix in ("", "pairs_", "mini_"):
+        assert {f"{prefix}{k}" for k in ("auc", "acc", "tar@1e-3", "eer")} <= set(final)
+    assert set(m["evals"]) == {"cfp-fp", "mini"}
+    assert m["evals"]["cfp-fp"]["auc"] == final["pairs_auc"]
+    assert m["evals"]["mini"]["auc"] == final["mini_auc"]
+    doc = read_json(run_dir / "verify" / "cfp-fp.json")
+    assert doc["folds_from"] == "file" and doc["n_folds"] == 2 and doc["n_pairs"] == 16
+    assert read_json(run_dir / "verify" / "mini.json")["n_pairs"] == 16
