@@ -33,6 +33,7 @@ import cv2
 import numpy as np
 
 from fvloss.imageio import IMAGE_EXTENSIONS, ImageReadError, read_rgb
+from fvloss.jsonio import atomic_write, write_json
 
 from .detectors import DEFAULT_MIN_SCORE, Detector, detect_faces, make_detector, pick_face
 from .preview import write_preview
@@ -115,16 +116,6 @@ def encode_image(rgb: np.ndarray, suffix: str) -> bytes:
     return buf.tobytes()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 # Per-process state: the detector is created once per worker, not once per image.
 _WORKER: dict = {}
 
@@ -172,7 +163,7 @@ def _process(rel: str) -> tuple[str, str, str, tuple[float, ...]]:
         t3 = time.perf_counter()
         if crop is not None:
             out = _WORKER["dst"] / rel
-            _write_atomic(out, encode_image(crop, out.suffix))
+            atomic_write(out, encode_image(crop, out.suffix))
         t4 = time.perf_counter()
     except Exception as e:  # one bad file must not stop a run over thousands
         return rel, "error", f"{type(e).__name__}: {e}", tuple(times)
@@ -272,7 +263,7 @@ def align_folder(
             src, dst, cfg, workers, images, others, results, earlier_crops, seconds
         )
         report["complete"] = not interrupted
-        _write_atomic(report_path, (json.dumps(report, indent=1) + "\n").encode())
+        write_json(report_path, report)
     if interrupted:
         raise KeyboardInterrupt
     if preview > 0:

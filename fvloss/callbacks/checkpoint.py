@@ -9,6 +9,8 @@ from pathlib import Path
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 
+from ..jsonio import write_json
+
 __all__ = ["EpochCheckpoint", "load_checkpoint"]
 
 LAST = "last"  # checkpoints/last.pth (weights + optimizer) and checkpoints/last.json
@@ -42,8 +44,7 @@ class EpochCheckpoint(Callback):
             "lr": self.lr,
             "values": [list(map(_jsonable, v)) for v in self.recorder.values],
         }
-        (d / f"{LAST}.json.tmp").write_text(json.dumps(meta))
-        os.replace(d / f"{LAST}.json.tmp", d / f"{LAST}.json")
+        write_json(d / f"{LAST}.json", meta, indent=None)
 
 
 def _jsonable(v):

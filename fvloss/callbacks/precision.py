@@ -19,6 +19,8 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from torch import nn
 
+from ..jsonio import write_json
+
 __all__ = [
     "CPUAutocast",
     "cpu_bf16_supported",
@@ -187,10 +189,6 @@ def _read_cache(path: Path) -> dict:
 def _write_cache(path: Path, key: str, times: dict[str, float]) -> None:
     path = Path(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {**_read_cache(path), key: times}
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        tmp.replace(path)
+        write_json(path, {**_read_cache(path), key: times})
     except OSError:
         pass  # a read-only cache folder only costs the next run another probe
