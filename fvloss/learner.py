@@ -116,7 +116,8 @@ def face_learner(
         cbs.append(MarginSchedule(margin_hold, margin_warmup))
     metrics = list(metrics or [])
     if val_pairs:
-        cbs += [VerifyPairs(HeldOutPairs(n_pairs=val_pairs)), HideValidLoss()]
+        # held-out identities first: their columns lead the table, protocols' (cbs) follow
+        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs)), *cbs, HideValidLoss()]
     learn = Learner(
         dls,
         model,

@@ -185,7 +185,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         f"done in {result['wall_time_s']:.0f}s (training {fit_s:.0f}s, {result['images_per_s']} images/s)"
     )
     _log(
-        "final verification on held-out identities: "
+        "final epoch (held-out identities: auc ...; protocols: <name>_auc ...): "
         + ", ".join(f"{k}={v:.4f}" for k, v in result["final"].items() if isinstance(v, float))
     )
     _log(f"run folder: {run_dir} (config.json, metrics.json, lr_find.png, model.pth, checkpoints/)")
