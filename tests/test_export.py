@@ -238,3 +238,81 @@ def test_output_shape_is_checked(tmp):
         e.embed_batch(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError, match="takes 8x8 images"):
         e.embed_batch(torch.zeros(2, 3, 16, 16))
+
+
+# ----------------------------------------------------------------------------- CLIs with ONNX
+
+
+@pytest.fixture(scope="module")
+def faces_and_pairs(tmp):
+    """8 procedural faces of 4 identities as PNGs, and a CSV of every pair among them."""
+    import cv2
+
+    from fvloss.synthetic import _identity, render_face
+
+    rng = np.random.default_rng(0)
+    root = tmp / "faces"
+    rows = ["path1,path2,same"]
+    names = []
+    for k in range(4):
+        ident = _identity(rng)
+        for i in range(2):
+            name = f"id{k}/img{i}.png"
+            (root / f"id{k}").mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(root / name), render_face(ident, rng, size=48)[..., ::-1])
+            names.append(name)
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            rows.append(f"{names[a]},{names[b]},{int(names[a][:3] == names[b][:3])}")
+    (tmp / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root, tmp / "pairs.csv"
+
+
+def test_verify_and_compare_take_an_onnx_model(run, onnx_path, faces_and_pairs, tmp, capsys):
+    from fvloss.eval import compare
+    from fvloss.eval.verify_cli import main as verify_main
+
+    root, csv = faces_and_pairs
+    args = ["--pairs", str(csv), "--root", str(root)]
+    assert verify_main(["--model", str(onnx_path), *args, "--out", str(tmp / "v-onnx")]) == 0
+    assert verify_main(["--run", str(run.path), *args, "--out", str(tmp / "v-run")]) == 0
+    a = json.loads((tmp / "v-onnx" / "pairs.json").read_text())
+    b = json.loads((tmp / "v-run" / "pairs.json").read_text())
+    assert a["n_pairs"] == b["n_pairs"] == 28
+    assert abs(a["auc"] - b["auc"]) < 1e-9 and a["meta"]["model"] == str(onnx_path)
+    # compare: the ONNX file stands beside the run; its scores are cached beside the file
+    out = tmp / "cmp"
+    cmd = [str(run.path), str(onnx_path), *args, "--out", str(out), "--bootstrap", "50"]
+    assert compare.main(cmd) == 0
+    doc = json.loads((out / "compare.json").read_text())
+    assert [r["run"] for r in doc["runs"]] == [str(run.path), str(onnx_path)]
+    assert abs(doc["runs"][0]["auc"] - doc["runs"][1]["auc"]) < 1e-9
+    assert (tmp / "model-verify" / "pairs.scores.npz").is_file()
+    # ONNX preprocessing options are refused for a run, with one line and exit 2
+    capsys.readouterr()
+    assert verify_main(["--run", str(run.path), *args, "--input-size", "112"]) == 2
+    assert "ONNX models only" in capsys.readouterr().err
+
+
+def test_embed_cli_writes_paths_and_normalised_embeddings(onnx_path, run, faces_and_pairs, tmp):
+    from fvloss.eval.embed_cli import main as embed_main
+
+    root, _ = faces_and_pairs
+    (root / "id0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    assert embed_main([str(root), "--model", str(onnx_path), "--out", str(tmp / "e.npz")]) == 1
+    out = tmp / "e.npz"
+    assert embed_main([str(root), "--model", str(onnx_path), "--out", str(out), "--skip-bad"]) == 0
+    z = np.load(out)
+    assert len(z["paths"]) == 8 and z["embeddings"].shape == (8, EMB)
+    assert "id0/broken.png" not in z["paths"].tolist() and len(z["skipped"]) == 1
+    assert np.allclose(np.linalg.norm(z["embeddings"], axis=1), 1, atol=1e-5)
+    # the same rows from the run itself, to ONNX precision
+    run_out = tmp / "e-run.npz"
+    assert (
+        embed_main([str(root), "--model", str(run.path), "--out", str(run_out), "--skip-bad"]) == 0
+    )
+    zr = np.load(run_out)
+    assert zr["paths"].tolist() == z["paths"].tolist()
+    assert np.abs(zr["embeddings"] - z["embeddings"]).max() < 1e-4
+    (root / "id0" / "broken.png").unlink()
+    assert embed_main([str(tmp / "absent"), "--model", str(run.path), "--out", str(out)]) == 2
