@@ -78,6 +78,7 @@ def face_learner(
     margin_warmup: float = 0.0,
     n_classes: int | None = None,
     val_pairs: int | None = 3000,
+    val_seed: int = 0,
     opt_func: Callable = Adam,
     wd: float = 0.0,
     channels_last: bool = True,
@@ -95,6 +96,7 @@ def face_learner(
         head_kwargs: passed to the head, e.g. ``{"s": "auto", "m": 0.5}`` for ArcFace.
         val_pairs: verification pairs drawn from the validation identities every epoch (AUC,
             10-fold accuracy, TAR@FAR, EER in the progress table); ``None`` to skip.
+        val_seed: the seed of that draw (the recipes pass the run's seed).
         margin_hold, margin_warmup: ArcFace/CosFace margin schedule as fractions of training
             (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
@@ -117,7 +119,7 @@ def face_learner(
     metrics = list(metrics or [])
     if val_pairs:
         # held-out identities first: their columns lead the table, protocols' (cbs) follow
-        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs)), *cbs, HideValidLoss()]
+        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs, seed=val_seed)), *cbs, HideValidLoss()]
     learn = Learner(
         dls,
         model,

@@ -303,3 +303,59 @@ def test_extra_augmentation_typos_are_errors():
     tfm = train_pipeline(SIZE, extra=[{"transform": "Affine", "scale": [0.9, 1.1], "p": 1.0}])
     assert type(tfm.transforms[2]).__name__ == "Affine"
     assert tfm.transforms[2].p == 1.0
+
+
+# ----------------------------------------------------------------------------- seeding
+
+JITTER = [
+    {"transform": "Affine", "rotate": [-20, 20], "p": 1.0},
+    {"transform": "RandomBrightnessContrast", "p": 1.0},
+]
+
+
+def _augmenter() -> AlbumentationsTransform:
+    return AlbumentationsTransform(train_pipeline(32, 0.5, extra=JITTER), eval_pipeline(32))
+
+
+def test_torch_seed_fixes_the_augmentation():
+    """fastai's set_seed (torch.manual_seed) does not reach Albumentations' own generators; the
+    transform re-seeds them from torch, so one seed gives the same augmented images."""
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+
+    def draws(seed: int, tfm) -> list[np.ndarray]:
+        torch.manual_seed(seed)
+        return [tfm(img, split_idx=0).numpy() for _ in range(4)]
+
+    tfm = _augmenter()
+    first = draws(42, tfm)
+    assert not np.array_equal(first[0], first[1])  # the pipeline does draw
+    again = draws(42, tfm)  # the same object, re-seeded
+    fresh = draws(42, _augmenter())  # a new pipeline
+    for a, b, c in zip(first, again, fresh):
+        assert np.array_equal(a, b) and np.array_equal(a, c)
+    assert not np.array_equal(draws(43, tfm)[0], first[0])
+
+
+class _Augmented(torch.utils.data.Dataset):
+    def __init__(self):
+        self.tfm = _augmenter()
+        self.img = np.full((40, 40, 3), 128, np.uint8)
+        self.img[:, :20] = 30  # asymmetric, so a flip shows
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, i: int):
+        return self.tfm(self.img, split_idx=0)
+
+
+def test_workers_draw_their_own_deterministic_augmentations():
+    def epoch(seed: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        loader = torch.utils.data.DataLoader(_Augmented(), batch_size=4, num_workers=2)
+        return torch.cat(list(loader))
+
+    a, b = epoch(7), epoch(7)
+    assert torch.equal(a, b)  # same seed, same augmentations, worker by worker
+    assert not torch.equal(a[:4], a[4:])  # the two workers do not repeat each other
+    assert not torch.equal(a, epoch(8))

@@ -91,7 +91,13 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
 
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed, reproducible=False)
+    # One seed for everything random: Python, numpy and torch here (fastai's set_seed), the
+    # DataLoader workers (fastai seeds each from torch), the Albumentations pipelines (re-seeded
+    # from torch, see AlbumentationsTransform), the identity split and the validation pairs.
+    set_seed(cfg.seed, reproducible=cfg.deterministic)
+    if cfg.deterministic:  # PyTorch's deterministic kernels (GPU); an error where none exists
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for that
+        torch.use_deterministic_algorithms(True, warn_only=False)
     dls = face_dls(
         data, img_size=cfg.img_size, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, hflip=cfg.hflip,
         mean=cfg.mean, std=cfg.std, extra_aug=cfg.extra_aug, check=cfg.check, skip_bad=cfg.skip_bad,
@@ -106,7 +112,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
         head_kwargs=cfg.head_kwargs, center_lam=cfg.center_lam, center_alpha=cfg.center_alpha,
         margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
-        val_pairs=cfg.val_pairs or None, wd=cfg.wd, channels_last=cfg.channels_last, cbs=list(pair_cbs.values()),
+        val_pairs=cfg.val_pairs or None, val_seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last, cbs=list(pair_cbs.values()),
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
     if not cfg.progress:  # logs and CI: one plain line per epoch instead of redrawn bars

@@ -69,7 +69,8 @@ class Config:
     channels_last: bool = True
     threads: int = -1  # torch intra-op threads; -1: torch's default (all cores). Set 1 when
     # other jobs share the cores: 2 threads there thrash (bench/results, cpu_defaults)
-    seed: int = 42
+    seed: int = 42  # drives every random draw: init, shuffling, augmentation, split, pairs
+    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic
     # evaluation
     val_pairs: int = 3000  # pairs drawn from the validation identities, every epoch
     pairs: str | None = None  # a pair protocol (file, CFP folder, .bin) scored every epoch
