@@ -36,7 +36,7 @@ from .metrics import (
 )
 from .protocols import PairSet
 
-__all__ = ["DEFAULT_COLUMNS", "HeldOutPairs", "VerifyPairs", "column_names"]
+__all__ = ["DEFAULT_COLUMNS", "NA", "HeldOutPairs", "NotAvailable", "VerifyPairs", "column_names"]
 
 DEFAULT_COLUMNS = ("auc", "acc", "tar@1e-3", "eer")
 Transform = Callable[[np.ndarray], torch.Tensor]
@@ -70,6 +70,28 @@ class HeldOutPairs:
         return f"HeldOutPairs(n_pairs={self.n_pairs}, seed={self.seed})"
 
 
+class NotAvailable(float):
+    """NaN that prints as ``n/a``: a number that could not be computed (an epoch not scored, a
+    TAR whose FAR too few different pairs resolve). Still a float and still NaN for code
+    (``math.isnan``) and ``null`` in JSON; only progress tables show it differently, since
+    fastai formats each value with ``f"{v:.6f}"``."""
+
+    def __new__(cls) -> NotAvailable:
+        return super().__new__(cls, math.nan)
+
+    def __format__(self, spec: str) -> str:
+        width = "".join(c for c in spec.split(".")[0] if c.isdigit())  # "12.6f" -> "12"
+        return format("n/a", f">{width}" if width else "")
+
+    def __repr__(self) -> str:
+        return "n/a"
+
+    __str__ = __repr__
+
+
+NA = NotAvailable()
+
+
 class _PairMetric(Metric):
     """A progress-table column showing one number of the callback's latest evaluation."""
 
@@ -78,7 +100,8 @@ class _PairMetric(Metric):
 
     @property
     def value(self) -> float:
-        return self.cb.current.get(self.key, math.nan)
+        v = self.cb.current.get(self.key, math.nan)
+        return NA if math.isnan(v) else v
 
     @property
     def name(self) -> str:
