@@ -340,3 +340,28 @@ def test_cli_bad_input_needs_no_run_loader(tmp_path, capsys):
     assert "nope.txt" in capsys.readouterr().err
     assert main(["--run", str(tmp_path / "absent"), "--pairs", "x"]) == 2
     assert "run folder not found" in capsys.readouterr().err
+
+
+def test_verify_cli_refuses_non_finite_embeddings(faces, tmp_path, monkeypatch, capsys):
+    """A diverged model's NaN embeddings are reported, not scored."""
+
+    class NaNNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)) * math.nan + self.w
+
+    def load_run(run_dir, device=None):
+        return types.SimpleNamespace(model=NaNNet(), eval_transform=transform, config={})
+
+    module = types.ModuleType("fvloss.runs")
+    module.load_run = load_run
+    monkeypatch.setitem(sys.modules, "fvloss.runs", module)
+    pairs = write_assignment_pairs(faces, tmp_path / "pairs.txt")
+    run = tmp_path / "run"
+    run.mkdir()
+    rc = main(["--run", str(run), "--pairs", str(pairs), "--root", str(faces[0].parent)])
+    assert rc == 1
+    assert "pair scores are not finite" in capsys.readouterr().err

@@ -302,3 +302,31 @@ def test_same_seed_same_run_bit_for_bit(syn, tmp_path):
     assert center.main(argv(syn, out, *extra, "--seed", "7")) == 0
     c = torch.load(only_run_dir(out) / "model.pth", weights_only=True)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_a_diverging_run_is_stopped_and_says_where(syn, tmp_path, capsys):
+    """--lr 1e6 used to train on to a loss of 1e13 and exit 0 with a model.pth."""
+    out = tmp_path / "runs"
+    extra = ["--lr", "1e6", "--epochs", "3", "--guard-warmup", "2", "--guard-patience", "2"]
+    rc = softmax.main(argv(syn, out, *extra))
+    err = capsys.readouterr().err
+    assert rc == 3, err
+    assert (
+        "training diverged at epoch" in err
+        and "step" in err
+        and "lower learning rate" in err
+        and "occured" not in err
+    )
+    run_dir = only_run_dir(out)
+    assert not (run_dir / "model.pth").exists() and not (run_dir / "metrics.json").exists()
+    last = run_dir / "checkpoints" / "last.pth"
+    if last.exists():  # any checkpoint kept is a good one: finite weights
+        import torch
+
+        state = torch.load(last, weights_only=False)["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_the_guard_leaves_a_healthy_run_alone(softmax_run):
+    assert read_json(softmax_run / "config.json")["guard"] is True
+    assert (softmax_run / "model.pth").is_file()

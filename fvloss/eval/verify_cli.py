@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from ..imageio import ImageReadError
 from .metrics import VerificationResult, format_result, verify_scores
 from .protocols import PairFileError, PairSet, add_pair_options, read_pairs
@@ -74,6 +76,12 @@ def score_protocol(embedder, pairs: PairSet, args: argparse.Namespace, flip: boo
         num_workers=args.num_workers,
         skip_missing=args.skip_missing,
     )
+    bad = int((~np.isfinite(scores)).sum())
+    if bad:  # say so rather than score them: a diverged model, not a verification result
+        raise ValueError(
+            f"{embedder.name} on {pairs.name}: {bad} of {len(scores)} pair scores are not finite "
+            "(the model gives NaN or infinite embeddings: a diverged run?)"
+        )
     result = verify_scores(scores, kept.same, kept.folds, args.folds, skipped=kept.skipped)
     return result, scores, kept, time.perf_counter() - t0
 
@@ -168,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             result, scores, kept, seconds = score_protocol(embedder, pairs, args, flip)
         except ImageReadError as e:
             return _fail(f"{e} (use --skip-missing to drop such pairs)", 1)
+        except ValueError as e:
+            return _fail(str(e), 1)
         meta = {
             "model": str(model),
             "pairs": pairs.source,

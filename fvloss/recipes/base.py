@@ -50,6 +50,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     from fastai.torch_core import set_seed
 
     from ..callbacks.checkpoint import EpochCheckpoint, load_checkpoint
+    from ..callbacks.guard import DivergenceGuard
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
     from ..eval.report import RunMetrics, write_outputs
@@ -128,6 +129,8 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     )
     if mp_cb is not None:
         learn.add_cb(mp_cb)
+    if cfg.guard:
+        learn.add_cb(DivergenceGuard(cfg.guard_factor, cfg.guard_patience, cfg.guard_warmup))
     _log(f"device {dls.device}; precision: {why}")
 
     start_epoch, lr, done = 0, cfg.lr, []
@@ -287,18 +290,28 @@ def main(
 
     Bad input (a missing folder or file, an unreadable image, an invalid setting, a run folder
     that already holds a run) ends with one line naming the problem and exit status 2, not a
-    traceback; ``FVLOSS_DEBUG=1`` re-raises for the traceback.
+    traceback; a run stopped by the divergence guard with one line and exit status 3;
+    ``FVLOSS_DEBUG=1`` re-raises for the traceback.
     """
     quiet_library_warnings()
     try:
         cfg, source = resolve_config(argv, recipe, prog=prog)
         run(cfg, source)
-    except (OSError, ValueError) as e:
-        if os.environ.get("FVLOSS_DEBUG"):
+    except Exception as e:
+        diverged = _diverged(e)
+        if os.environ.get("FVLOSS_DEBUG") or not (diverged or isinstance(e, (OSError, ValueError))):
             raise
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        print(f"{prog}: error: {getattr(e, 'message', e)}", file=sys.stderr)
+        return 3 if diverged else 2
     return 0
+
+
+def _diverged(e: BaseException) -> bool:
+    """Whether ``e`` is the divergence guard's stop (imported only then: ``--help`` stays
+    free of torch and fastai)."""
+    from ..callbacks.guard import TrainingDiverged
+
+    return isinstance(e, TrainingDiverged)
 
 
 def recipe_main(loss: str, **overrides: Any):

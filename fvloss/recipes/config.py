@@ -69,6 +69,10 @@ class Config:
     channels_last: bool = True
     threads: int = -1  # torch intra-op threads; -1: torch's default (all cores). Set 1 when
     # other jobs share the cores: 2 threads there thrash (bench/results, cpu_defaults)
+    guard: bool = True  # stop a diverging run (fvloss.callbacks.guard), exit status 3
+    guard_factor: float = 10.0  # ... when the loss stays above factor x its early median
+    guard_patience: int = 20  # ... for this many steps in a row
+    guard_warmup: int = 50  # the early median is of the first this-many steps
     seed: int = 42  # drives every random draw: init, shuffling, augmentation, split, pairs
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic
     # evaluation
