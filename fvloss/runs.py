@@ -37,8 +37,14 @@ def _load_weights(path: Path) -> dict:
     dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed core to _core
     allowed = [L, np.dtype, core.multiarray.scalar, *dtypes]
-    with torch.serialization.safe_globals(allowed):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        with torch.serialization.safe_globals(allowed):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or a pickle carrying code: refused
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{path}: not a readable weights file ({type(e).__name__}: {first[:200]})"
+        ) from None
 
 
 def load_run(

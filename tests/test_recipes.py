@@ -330,3 +330,44 @@ def test_a_diverging_run_is_stopped_and_says_where(syn, tmp_path, capsys):
 def test_the_guard_leaves_a_healthy_run_alone(softmax_run):
     assert read_json(softmax_run / "config.json")["guard"] is True
     assert (softmax_run / "model.pth").is_file()
+
+
+def test_a_second_process_in_the_same_run_folder_is_refused(syn, tmp_path, capsys):
+    from fvloss.runlock import RunLock
+
+    run_dir = tmp_path / "busy"
+    with RunLock(run_dir):  # another process training there (a second descriptor conflicts)
+        rc = softmax.main(argv(syn, tmp_path, "--lr", "1e-3", "--run-dir", str(run_dir)))
+        err = capsys.readouterr().err
+        assert rc == 2 and "another process (pid" in err and "is training in this run" in err
+        assert not (run_dir / "config.json").exists()
+    # released: the folder can be used (and the lock of a finished run is released too)
+    assert softmax.main(argv(syn, tmp_path, "--lr", "1e-3", "--run-dir", str(run_dir))) == 0
+    with RunLock(run_dir):
+        pass
+
+
+def test_truncated_or_foreign_checkpoints_are_clear_errors(softmax_run, tmp_path, capsys):
+    import shutil
+
+    for damage in ("truncate", "foreign"):
+        run = tmp_path / damage
+        shutil.copytree(softmax_run, run)
+        last = run / "checkpoints" / "last.pth"
+        if damage == "truncate":
+            last.write_bytes(last.read_bytes()[:1000])
+        else:  # a pickle that would run code: weights_only refuses it, nothing runs
+            import pickle
+
+            class Evil:
+                def __reduce__(self):
+                    return (print, ("executed!",))
+
+            last.write_bytes(pickle.dumps({"model": Evil()}))
+        rc = softmax.main(["--resume", str(run), "--epochs", "2", "--progress", "false"])
+        err = capsys.readouterr()
+        assert rc == 2 and "cannot resume from this checkpoint" in err.err
+        assert str(last) in err.err and "executed!" not in err.out
+        (run / "model.pth").write_bytes(b"not torch")
+        with pytest.raises(ValueError, match="not a readable weights file"):
+            load_run(run)

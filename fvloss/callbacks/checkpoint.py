@@ -63,6 +63,19 @@ def load_checkpoint(learn: Learner, run_dir: str | Path) -> tuple[int, float, li
         raise FileNotFoundError(
             f"{meta_path}: no checkpoint to resume from (none finished an epoch yet?)"
         )
-    meta = json.loads(meta_path.read_text())
-    learn.load(LAST, with_opt=True)
-    return int(meta["epoch"]), float(meta["lr"]), meta.get("values", [])
+    try:
+        meta = json.loads(meta_path.read_text())
+        epoch, lr = int(meta["epoch"]), float(meta["lr"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{meta_path}: not an fvloss checkpoint record ({e})") from None
+    try:
+        learn.load(LAST, with_opt=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{d / (LAST + '.pth')}: checkpoint weights missing") from None
+    except Exception as e:  # truncated, foreign (refused by weights_only), other model
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{d / (LAST + '.pth')}: cannot resume from this checkpoint "
+            f"({type(e).__name__}: {first[:200]})"
+        ) from None
+    return epoch, lr, meta.get("values", [])

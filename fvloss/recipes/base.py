@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..jsonio import write_json
+from ..runlock import RunLock
 from .config import Config, resolve_config
 
 __all__ = ["run", "main", "recipe_main", "RunResult"]
@@ -44,7 +45,19 @@ def _new_run_dir(cfg: Config) -> Path:
 
 
 def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
-    """Train and evaluate one experiment; returns (and saves) its metrics."""
+    """Train and evaluate one experiment; returns (and saves) its metrics.
+
+    The run folder is locked (:class:`~fvloss.runlock.RunLock`) while it trains: a second
+    process on the same folder is refused."""
+    locks: list = []
+    try:
+        return _run(cfg, source, locks)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     import torch
     from fastai.callback.schedule import valley
     from fastai.torch_core import set_seed
@@ -77,6 +90,7 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     else:
         run_dir = _new_run_dir(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
+    locks.append(RunLock(run_dir).acquire())  # before anything is written into it
 
     data_name = "synthetic" if cfg.data is None else Path(cfg.data).name
     if cfg.data is None:
