@@ -371,3 +371,23 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(softmax_run, tmp_path
         (run / "model.pth").write_bytes(b"not torch")
         with pytest.raises(ValueError, match="not a readable weights file"):
             load_run(run)
+
+
+def test_a_resumed_run_prints_and_keeps_the_restored_epochs(softmax_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "again"
+    shutil.copytree(softmax_run, run)
+    first = read_json(run / "checkpoints" / "last.json")["values"]
+    for epochs in (2, 3):  # resume twice: the first epoch's values must survive both
+        assert (
+            softmax.main(["--resume", str(run), "--epochs", str(epochs), "--progress", "false"])
+            == 0
+        )
+    table = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()]
+    restored = [row for row in table if row[-1] == "restored"]
+    assert [row[0] for row in restored] == ["0", "0", "1"]  # resume 1: epoch 0; resume 2: 0, 1
+    assert float(restored[0][1]) == pytest.approx(first[0][0], abs=1e-6)  # its train_loss
+    values = read_json(run / "checkpoints" / "last.json")["values"]
+    assert len(values) == 3 and values[0] == first[0] and "None" not in values[0]
+    assert len(read_json(run / "metrics.json")["history"]) == 3

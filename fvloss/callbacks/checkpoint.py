@@ -42,12 +42,18 @@ class EpochCheckpoint(Callback):
         meta = {
             "epoch": self.epoch + 1,
             "lr": self.lr,
-            "values": [list(map(_jsonable, v)) for v in self.recorder.values],
+            # the epochs restored on resume log nothing here: keep theirs from the last record
+            "values": [
+                list(map(_jsonable, v))
+                for v in [*self.previous_values, *(v for v in self.recorder.values if len(v))]
+            ],
         }
         write_json(d / f"{LAST}.json", meta, indent=None)
 
 
 def _jsonable(v):
+    if v is None:  # a number that was not available (written as null), restored on resume
+        return None
     try:
         return float(v)
     except (TypeError, ValueError):

@@ -150,6 +150,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     start_epoch, lr, done = 0, cfg.lr, []
     if cfg.resume:
         start_epoch, lr, done = load_checkpoint(learn, run_dir)
+        if isinstance(learn.logger, PlainTable):
+            learn.logger.restored = done
         _log(f"resuming {run_dir} at epoch {start_epoch} with lr {lr:.3g}")
         if start_epoch >= cfg.epochs and (run_dir / "metrics.json").exists():
             _log(f"{start_epoch} of {cfg.epochs} epochs already done: nothing to train")
@@ -249,14 +251,22 @@ def _pair_callbacks(cfg: Config) -> dict:
 class PlainTable:
     """A Learner logger printing fastai's progress table as plain text, one line per epoch."""
 
-    def __init__(self, learn):
+    def __init__(self, learn, restored: list | None = None):
         self.learn, self.names = learn, None
+        self.restored = list(restored or [])  # a resumed run's finished epochs (their values)
 
     def __call__(self, row) -> None:
         names = list(self.learn.recorder.metric_names)
         if names != self.names:
             self.names = names
             print("  ".join(f"{n:>12}" for n in names), flush=True)
+        row = list(row)
+        epoch = row[0] if row and isinstance(row[0], int) else None
+        if epoch is not None and epoch < len(self.restored) and len(row) < len(names):
+            # an epoch skipped on resume logs nothing: show what its checkpoint recorded
+            from ..eval.callback import NA  # NaN that prints n/a (JSON kept it as null)
+
+            row = [epoch, *(NA if v is None else _num(v) for v in self.restored[epoch]), "restored"]
         cells = [f"{v:12.6f}" if isinstance(v, float) else f"{v!s:>12}" for v in row]
         print("  ".join(cells), flush=True)
 
