@@ -347,6 +347,7 @@ def test_a_second_process_in_the_same_run_folder_is_refused(syn, tmp_path, capsy
         pass
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")  # the foreign one
 def test_truncated_or_foreign_checkpoints_are_clear_errors(softmax_run, tmp_path, capsys):
     import shutil
 
