@@ -392,3 +392,19 @@ def test_a_resumed_run_prints_and_keeps_the_restored_epochs(softmax_run, tmp_pat
     values = read_json(run / "checkpoints" / "last.json")["values"]
     assert len(values) == 3 and values[0] == first[0] and "None" not in values[0]
     assert len(read_json(run / "metrics.json")["history"]) == 3
+
+
+def test_resume_on_other_identities_is_refused(softmax_run, syn, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(syn, data)
+    run = tmp_path / "run"
+    shutil.copytree(softmax_run, run)
+    cfg = read_json(run / "config.json")
+    (run / "config.json").write_text(json.dumps({**cfg, "data": str(data)}))
+    assert read_json(run / "identities.json")["train"]  # recorded by the first run
+    shutil.rmtree(data / sorted(p.name for p in data.iterdir())[0])  # one identity gone
+    rc = softmax.main(["--resume", str(run), "--epochs", "2", "--progress", "false"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "identities differ from the run's" in err and "1 missing" in err

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..jsonio import write_json
+from ..jsonio import read_json, write_json
 from ..runlock import RunLock
 from .config import Config, resolve_config
 
@@ -122,6 +122,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     _log(f"split by identity: {dls.n_classes} training identities ({len(dls.train_ds)} images), "
          f"{len(dls.valid_identities)} validation identities ({len(dls.valid_ds)} images) for verification")  # fmt: skip
 
+    _same_identities(run_dir, dls, resuming=bool(cfg.resume))
     pair_cbs = _pair_callbacks(cfg)
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
@@ -215,6 +216,26 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     )
     _log(f"run folder: {run_dir} (config.json, metrics.json, lr_find.png, model.pth, checkpoints/)")
     return result
+
+
+def _same_identities(run_dir: Path, dls, resuming: bool) -> None:
+    """Record the run's identity split (``identities.json``); on resume, refuse data whose
+    identities differ: the head's classes and the held-out set would silently mean others."""
+    path = run_dir / "identities.json"
+    now = {"train": list(dls.train_identities), "valid": list(dls.valid_identities)}
+    if not resuming or not path.exists():
+        write_json(path, now)
+        return
+    saved = read_json(path)
+    for part in ("train", "valid"):
+        old, new = set(saved.get(part, [])), set(now[part])
+        if old != new:
+            gone, added = sorted(old - new), sorted(new - old)
+            raise ValueError(
+                f"{run_dir}: cannot resume: the data's {part} identities differ from the run's "
+                f"({len(gone)} missing, e.g. {gone[:3]}; {len(added)} new, e.g. {added[:3]}); "
+                "resume on the data it was trained on, or start a new run"
+            )
 
 
 def _pair_callbacks(cfg: Config) -> dict:
