@@ -28,7 +28,7 @@ class Run:
     metrics: dict[str, Any]
 
 
-def _load_weights(path: Path) -> dict:
+def _load_weights(path: Path, map_location: torch.device | str = "cpu") -> dict:
     """``torch.load`` with ``weights_only=True``; a fastai checkpoint saved with its optimizer
     (``checkpoints/last.pth``) also holds fastcore ``L`` lists and numpy scalars, allowed here."""
     import numpy as np
@@ -39,7 +39,7 @@ def _load_weights(path: Path) -> dict:
     allowed = [L, np.dtype, core.multiarray.scalar, *dtypes]
     try:
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or a pickle carrying code: refused
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(

@@ -408,3 +408,20 @@ def test_resume_on_other_identities_is_refused(softmax_run, syn, tmp_path, capsy
     rc = softmax.main(["--resume", str(run), "--epochs", "2", "--progress", "false"])
     err = capsys.readouterr().err
     assert rc == 2 and "identities differ from the run's" in err and "1 missing" in err
+
+
+def test_a_checkpoint_is_one_file(softmax_run, tmp_path):
+    """Weights, optimizer and record in one .pth (one atomic rename): a last.json that does not
+    match (a kill between two renames, before) cannot mislead a resume."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(softmax_run, run)
+    state = torch.load(run / "checkpoints" / "last.pth", weights_only=False)
+    assert set(state) == {"model", "opt", "meta"} and state["meta"]["epoch"] == 1
+    (run / "checkpoints" / "last.json").write_text('{"epoch": 99, "lr": 1.0, "values": []}')
+    assert softmax.main(["--resume", str(run), "--epochs", "2", "--progress", "false"]) == 0
+    assert len(read_json(run / "metrics.json")["history"]) == 2  # resumed at epoch 1, not 99
+    assert read_json(run / "checkpoints" / "last.json")["epoch"] == 2
