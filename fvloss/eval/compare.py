@@ -51,20 +51,11 @@ def _score_run(model: Path, pairs: PairSet, args: argparse.Namespace) -> RunScor
     """Score ``pairs`` with a run's (or ONNX model's) embedder and write its verify outputs
     (``RUN/verify/<name>.*``) exactly as ``fvloss verify`` does."""
     from .report import write_outputs
-    from .verify_cli import default_out_dir, load_embedder, score_protocol
+    from .verify_cli import default_out_dir, load_embedder, protocol_meta, score_protocol
 
     embedder = load_embedder(model, args)
     result, scores, kept, seconds = score_protocol(embedder, pairs, args, args.flip)
-    meta = {
-        "model": str(model),
-        "pairs": pairs.source,
-        "root": str(args.root or Path(pairs.source).parent) if pairs.images is None else None,
-        "format": pairs.format,
-        "protocol": pairs.format,
-        "flip": args.flip,
-        "seconds": round(seconds, 3),
-        "by": "fvloss compare",
-    }
+    meta = {**protocol_meta(model, pairs, args, args.flip, seconds), "by": "fvloss compare"}
     label = model.name if model.is_dir() else model.stem
     write_outputs(result, default_out_dir(model), pairs.name, meta, label, scores, kept)
     return RunScores(
@@ -289,9 +280,6 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="comma-separated run labels, in the order of the runs")
     p.add_argument(
         "--rescore", action="store_true", help="score every run again, ignoring cached scores"
-    )
-    p.add_argument(
-        "--folds", type=int, default=10, help="folds when the pair file defines none (default 10)"
     )
     add_model_options(p)
     return p

@@ -583,6 +583,9 @@ def add_pair_options(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--flip", action="store_true", help="add the mirror image's embedding")
     p.add_argument(
+        "--folds", type=int, default=10, help="folds when the protocol defines none (default 10)"
+    )
+    p.add_argument(
         "--skip-missing",
         action="store_true",
         help="drop (and count) pairs with a missing/unreadable image or a malformed line",

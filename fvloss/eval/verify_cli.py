@@ -25,6 +25,7 @@ __all__ = [
     "load_embedder",
     "main",
     "paper_table",
+    "protocol_meta",
     "score_protocol",
 ]
 
@@ -86,6 +87,21 @@ def score_protocol(embedder, pairs: PairSet, args: argparse.Namespace, flip: boo
     return result, scores, kept, time.perf_counter() - t0
 
 
+def protocol_meta(
+    model: Path, pairs: PairSet, args: argparse.Namespace, flip: bool, seconds: float
+) -> dict:
+    """What a verify output records of how it was made (its JSON's and score file's ``meta``)."""
+    return {
+        "model": str(model),
+        "pairs": pairs.source,
+        "root": str(args.root or Path(pairs.source).parent) if pairs.images is None else None,
+        "format": pairs.format,
+        "protocol": pairs.format,
+        "flip": flip,
+        "seconds": round(seconds, 3),
+    }
+
+
 def paper_table(label: str, results: dict[str, VerificationResult]) -> str:
     """One Markdown row per model, a column per set: 10-fold accuracy (%) mean ± std, AUC."""
     head = "| model | " + " | ".join(results) + " |"
@@ -127,9 +143,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--ijb", type=Path, help="IJB-B or IJB-C folder (meta/ and loose_crop/)")
     p.add_argument("--out", type=Path, help="output folder (default: RUN/verify)")
-    p.add_argument(
-        "--folds", type=int, default=10, help="folds when the protocol defines none (default 10)"
-    )
     add_model_options(p)
     return p
 
@@ -178,15 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"{e} (use --skip-missing to drop such pairs)", 1)
         except ValueError as e:
             return _fail(str(e), 1)
-        meta = {
-            "model": str(model),
-            "pairs": pairs.source,
-            "root": str(args.root or Path(pairs.source).parent) if pairs.images is None else None,
-            "format": pairs.format,
-            "protocol": pairs.format,
-            "flip": flip,
-            "seconds": round(seconds, 3),
-        }
+        meta = protocol_meta(model, pairs, args, flip, seconds)
         if args.run is not None:
             meta["run"] = str(model)
         json_path, png_path = write_outputs(result, out, pairs.name, meta, label, scores, kept)
