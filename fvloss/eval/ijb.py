@@ -42,7 +42,8 @@ import numpy as np
 
 from ..align.warp import warp_face
 from ..imageio import read_rgb
-from .metrics import TarAtFar, far_key, roc_auc, roc_curve
+from ..jsonio import finite as _finite
+from .metrics import TarAtFar, far_key, roc_auc, roc_curve, tar_at_far
 
 __all__ = [
     "IJB_FARS",
@@ -505,18 +506,6 @@ def template_scores(
 # ----------------------------------------------------------------------------- results
 
 
-def _midpoint(hi: float, lo: float) -> float:
-    mid = 0.5 * (hi + lo)
-    return float(mid if lo < mid <= hi else hi)
-
-
-def _finite(v):
-    """Strict JSON: infinities and NaN become ``None``; numpy scalars become Python ones."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
 @dataclass
 class IJBResult:
     """1:1 verification numbers of one IJB set (TAR@FAR over all pairs, no folds)."""
@@ -570,27 +559,6 @@ def _thin_log_roc(fpr: np.ndarray, max_points: int) -> np.ndarray:
     return np.unique(np.clip(np.r_[0, idx, n - 1], 0, n - 1))
 
 
-def _tar_at_far(
-    fpr: np.ndarray, tpr: np.ndarray, thr: np.ndarray, n_neg: int, far: float
-) -> TarAtFar:
-    """Best TAR with FAR <= ``far``; ``None`` with a reason below the resolvable FAR."""
-    if n_neg * far * _FAR_TOL < 1:
-        return TarAtFar(
-            far,
-            None,
-            None,
-            reason=f"{n_neg} different pairs resolve FAR down to {1 / n_neg:.2g} only; "
-            f"FAR {far_key(far)} needs at least {math.ceil(1 / far)}",
-        )
-    k = int(np.searchsorted(fpr, far * _FAR_TOL, side="right")) - 1  # fpr is non-decreasing
-    # Point k accepts the scores >= thr[k]; the threshold sits midway to the next score.
-    if k == 0:
-        t = math.inf
-    else:
-        t = _midpoint(thr[k], thr[k + 1]) if k + 1 < len(thr) else -math.inf
-    return TarAtFar(far, float(tpr[k]), t)
-
-
 def result_from_scores(
     ijb: IJBSet, scores: np.ndarray, fars: Sequence[float] = IJB_FARS, settings: dict | None = None
 ) -> IJBResult:
@@ -599,12 +567,11 @@ def result_from_scores(
     if len(scores) != ijb.n_pairs:
         raise ValueError(f"{len(scores)} scores for {ijb.n_pairs} template pairs")
     fpr, tpr, thr = roc_curve(scores, ijb.labels)
-    n_neg = int((~ijb.labels).sum())
     return IJBResult(
         name=ijb.name,
         scores=scores,
         labels=ijb.labels,
-        tar_at_far={f: _tar_at_far(fpr, tpr, thr, n_neg, f) for f in fars},
+        tar_at_far=tar_at_far(scores, ijb.labels, fars),
         auc=roc_auc(scores, ijb.labels),
         fpr=fpr,
         tpr=tpr,

@@ -38,6 +38,7 @@ __all__ = [
     "metric_key",
     "roc_auc",
     "roc_curve",
+    "tar_at_far",
     "verify_scores",
 ]
 
@@ -369,6 +370,32 @@ def roc_auc(scores, same) -> float:
     return _Sweep(*_check_inputs(scores, same)).auc()
 
 
+def _tar_entry(sw: _Sweep, far: float) -> TarAtFar:
+    """TAR@FAR over all pairs of a sweep; ``None`` with the reason below the resolvable FAR."""
+    if sw.n_neg * far * _FAR_TOL < 1:
+        return TarAtFar(
+            far,
+            None,
+            None,
+            reason=f"{sw.n_neg} different pairs resolve FAR down to {1 / sw.n_neg:.2g} only; "
+            f"FAR {far_key(far)} needs at least {math.ceil(1 / far)}",
+        )
+    cut = _far_cut(sw.fp, sw.n_neg, far)
+    return TarAtFar(
+        far,
+        tar=float(sw.tp[cut] / sw.n_pos) if cut >= 0 else 0.0,
+        threshold=sw.cut_threshold(cut),
+    )
+
+
+def tar_at_far(scores, same, fars: Sequence[float] = DEFAULT_FARS) -> dict[float, TarAtFar]:
+    """The best TAR whose FAR is <= each of ``fars``, over all pairs (no folds: IJB's 1:1
+    protocol), with the threshold that gives it; ``None`` with a reason where too few different
+    pairs resolve the FAR."""
+    sw = _Sweep(*_check_inputs(scores, same))
+    return {far: _tar_entry(sw, far) for far in fars}
+
+
 def _eer(fpr: np.ndarray, tpr: np.ndarray) -> float:
     """Equal error rate: where FPR = 1 - TPR, linear between the two ROC points around it."""
     d = fpr - (1.0 - tpr)  # rises from -1 at (0, 0) to +1 at (1, 1)
@@ -450,21 +477,7 @@ def verify_scores(
 
     tar_at_far = {}
     for far in fars:
-        if sw.n_neg * far * _FAR_TOL < 1:
-            entry = TarAtFar(
-                far,
-                None,
-                None,
-                reason=f"{sw.n_neg} different pairs resolve FAR down to {1 / sw.n_neg:.2g} only; "
-                f"FAR {far_key(far)} needs at least {math.ceil(1 / far)}",
-            )
-        else:
-            cut = _far_cut(sw.fp, sw.n_neg, far)
-            entry = TarAtFar(
-                far,
-                tar=float(sw.tp[cut] / sw.n_pos) if cut >= 0 else 0.0,
-                threshold=sw.cut_threshold(cut),
-            )
+        entry = _tar_entry(sw, far)
         if far in short:
             entry.kfold_reason = short[far]
         elif tar_folds[far]:
