@@ -43,6 +43,7 @@ from .recordio import (  # noqa: E402
     record_set_paths,
     scan_record_set,
 )
+from .seeded import SeededDL  # noqa: E402
 
 __all__ = [
     "DataReport",
@@ -288,11 +289,11 @@ class AlbumentationsTransform(Transform):
     ``ImageBlock`` (whose ``IntToFloatTensor`` would divide by 255 a second time).
 
     Albumentations draws from generators of its own, which ``torch.manual_seed`` / fastai's
-    ``set_seed`` do not reach. So each image's augmentation is seeded by one draw from torch's
-    generator: in the main process that is the generator ``set_seed`` seeds, in a DataLoader
-    worker the one torch seeds per worker (from the loader's own draw, different per worker and
-    per epoch). One torch seed then fixes every augmentation, and workers never repeat each
-    other's draws.
+    ``set_seed`` do not reach. So each image's augmentation gets a fresh seed: the one
+    :class:`~fvloss.seeded.SeededDL` hands it through :meth:`reseed`, a function of (seed,
+    epoch, image) that makes the batches independent of workers and of interruptions; in a
+    loader that hands none, one draw from torch's generator (then ``set_seed`` fixes it, and each
+    DataLoader worker draws from its own per-worker seed).
     """
 
     split_idx, order = None, 2
@@ -300,10 +301,16 @@ class AlbumentationsTransform(Transform):
     def __init__(self, train: A.Compose, valid: A.Compose, mean: float = 0.5, std: float = 0.5):
         super().__init__()
         self.train, self.valid, self.mean, self.std = train, valid, mean, std
-        self._split = 0
+        self._split, self._next_seed = 0, None
+
+    def reseed(self, seed: int) -> None:
+        """Use ``seed`` for the next training image (called by :class:`~fvloss.seeded.SeededDL`)."""
+        self._next_seed = seed
 
     def _reseed(self, pipe: A.Compose) -> None:
-        seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
+        seed, self._next_seed = self._next_seed, None
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
         # one generator pair handed down the whole pipeline: cheaper than set_random_seed,
         # which builds a generator per transform (this costs ~14 us an image here, against
         # ~130 us for the celeba64 augmentation itself)
@@ -348,7 +355,11 @@ def face_dls(
 
     Labels of the training identities are ``0..n_classes-1`` (``dls.n_classes``); validation
     identities come after them in ``dls.vocab`` and only serve verification pairs. The scan's
-    :class:`DataReport` is ``dls.report``.
+    :class:`DataReport` is ``dls.report``. ``seed`` fixes the identity split, and the loaders
+    (:class:`~fvloss.seeded.SeededDL`) shuffle and augment epoch ``e`` as functions of
+    ``(seed, e, image)``: a Learner must call ``dls.train.set_epoch(e)`` each epoch (the
+    :class:`~fvloss.seeded.SetEpoch` callback, which ``face_learner`` adds), or every epoch
+    repeats epoch 0's order and augmentation.
     """
     if index is None:
         scan = scan_records if is_record_set(root) else scan_identities
@@ -377,7 +388,8 @@ def face_dls(
     kw: dict[str, Any] = {"bs": bs, "device": device}
     if num_workers is not None:
         kw["num_workers"] = num_workers
-    dls = block.dataloaders(index.items, **kw)
+    # SeededDL: shuffle and augmentation are functions of (seed, epoch, image), see fvloss.seeded
+    dls = block.dataloaders(index.items, dl_type=SeededDL, seed=seed, **kw)
     dls.n_classes = len(train_ids)
     dls.train_identities, dls.valid_identities = train_ids, valid_ids
     dls.report = index.report

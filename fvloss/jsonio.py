@@ -20,16 +20,19 @@ import numpy as np
 __all__ = ["atomic_write", "finite", "read_json", "write_json"]
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically (parent folders are created)."""
+def atomic_write(path: str | Path, data: bytes | str, fsync: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically (parent folders are created). ``fsync``: also
+    flush it to the disk before the rename, so that a machine's crash (not only the
+    process's) leaves a whole file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
+        with open(tmp, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if tmp.exists():

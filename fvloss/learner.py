@@ -17,6 +17,7 @@ from .callbacks.margin import MarginSchedule
 from .eval.callback import HeldOutPairs, VerifyPairs
 from .heads import Head, MarginHead, make_head
 from .model import EmbeddingNet, FaceNet
+from .seeded import SetEpoch
 
 __all__ = ["face_learner", "FaceLoss", "HideValidLoss", "LOSSES"]
 
@@ -111,7 +112,7 @@ def face_learner(
     model = FaceNet(EmbeddingNet(arch, emb_dim, pretrained=pretrained, dropout=dropout), head)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cbs = list(cbs or [])
+    cbs = [SetEpoch(), *(cbs or [])]  # epoch e's shuffle and augmentation (fvloss.seeded)
     if loss == "center":
         cbs.append(CenterLoss(n_classes, emb_dim, lam=center_lam, alpha=center_alpha))
     if (margin_hold or margin_warmup) and isinstance(head, MarginHead):

@@ -359,3 +359,31 @@ def test_workers_draw_their_own_deterministic_augmentations():
     assert torch.equal(a, b)  # same seed, same augmentations, worker by worker
     assert not torch.equal(a[:4], a[4:])  # the two workers do not repeat each other
     assert not torch.equal(a, epoch(8))
+
+
+# ----------------------------------------------------------------------------- seeded loader
+
+
+def _epoch(dls, epoch: int, start_batch: int = 0) -> list[torch.Tensor]:
+    dls.train.set_epoch(epoch, start_batch)
+    return [x for x, _ in dls.train]
+
+
+def test_batches_are_functions_of_seed_and_epoch(halves_root):
+    """SeededDL: the batches of epoch e do not depend on the workers, on torch's generator
+    or on where the epoch started, only on (seed, e)."""
+    kw = {"img_size": SIZE, "bs": 4, "seed": 3, "extra_aug": JITTER}
+    ref = face_dls(halves_root, num_workers=0, **kw)
+    first = _epoch(ref, 0)
+    torch.manual_seed(999)  # what the model draws in between changes nothing
+    again = _epoch(ref, 0)
+    workers = _epoch(face_dls(halves_root, num_workers=2, **kw), 0)
+    tail = _epoch(ref, 0, start_batch=2)
+    assert len(first) >= 3 and len(tail) == len(first) - 2
+    for a, b, c in zip(first, again, workers, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    assert all(torch.equal(a, t) for a, t in zip(first[2:], tail, strict=True))
+    # another epoch or another seed: another order and other augmentations
+    assert not torch.equal(torch.cat(first), torch.cat(_epoch(ref, 1)))
+    other = face_dls(halves_root, num_workers=0, **{**kw, "seed": 4})
+    assert not torch.equal(first[0], _epoch(other, 0)[0])

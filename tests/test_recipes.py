@@ -420,7 +420,7 @@ def test_a_checkpoint_is_one_file(softmax_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(softmax_run, run)
     state = torch.load(run / "checkpoints" / "last.pth", weights_only=False)
-    assert set(state) == {"model", "opt", "meta"} and state["meta"]["epoch"] == 1
+    assert set(state) == {"model", "opt", "meta", "train_state"} and state["meta"]["epoch"] == 1
     (run / "checkpoints" / "last.json").write_text('{"epoch": 99, "lr": 1.0, "values": []}')
     assert softmax.main(["--resume", str(run), "--epochs", "2", "--progress", "false"]) == 0
     assert len(read_json(run / "metrics.json")["history"]) == 2  # resumed at epoch 1, not 99

@@ -1,40 +1,211 @@
-"""Per-epoch checkpoints that a run can resume from.
+"""Checkpoints a run resumes from exactly, after a kill at any moment.
 
-A checkpoint is ONE file, ``checkpoints/last.pth``: the model's weights, the optimizer's state
-and the record (epoch, lr, the epochs' metric values) together, replaced by one atomic rename,
-so a kill at any moment leaves the previous checkpoint or the new one, never weights of one
-epoch with the record of another. ``last.json`` beside it is a readable copy of the record,
-written after it; resuming reads the record from the ``.pth`` (``last.json`` only for
-checkpoints made before the record moved into it).
+A checkpoint is ONE file, ``checkpoints/last.pth``, replaced by one atomic rename: the model's
+weights (with center-loss centers and heads' buffers), the optimizer's state, and the record
+of where training stands: ``epoch`` and ``batch`` (the next batch to train), the epochs' metric
+values, and the run's *training state*: the random generators (Python, numpy, torch, CUDA),
+the Recorder's smoothed loss, the fp16 grad scaler and the state of every callback that has
+``state_dict`` / ``load_state_dict`` (the divergence guard). ``last.json`` beside it is a
+readable copy of the record.
+
+:class:`Checkpoint` writes it at every epoch's end, every ``every_steps`` steps and every
+``every_minutes`` minutes, and when :class:`StopSignals` saw a SIGTERM / SIGINT (then it raises
+:class:`RunInterrupted`). :class:`ResumeFrom` puts a loaded checkpoint back into a fresh
+Learner: ``fit(..., start_epoch=epoch)`` skips the finished epochs (their values restored in
+the table), the loader (:class:`~fvloss.seeded.SeededDL`) starts the interrupted epoch at
+``batch`` without loading the batches before it, and the training progress, the generators and
+the callbacks' states are what they were. Since the batches are functions of (seed, epoch,
+image), the resumed run then computes exactly what the uninterrupted one did: the same final
+weights, bit for bit, on a CPU (tested).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+import warnings
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner
 from fastai.torch_core import get_model
+from fastcore.foundation import L
 
 from ..jsonio import atomic_write, write_json
 
-__all__ = ["EpochCheckpoint", "load_checkpoint"]
+__all__ = [
+    "Checkpoint",
+    "ResumeFrom",
+    "RunInterrupted",
+    "StopSignals",
+    "load_checkpoint",
+    "restore_weights",
+]
 
-LAST = "last"  # checkpoints/last.pth (weights + optimizer + record), last.json (its record)
+LAST = "last"  # checkpoints/last.pth (everything), last.json (its record)
 
 
-class EpochCheckpoint(Callback):
-    """After every epoch, save model + optimizer + record (epoch number, lr, recorder values)
-    to ``checkpoints/last.pth``; one file, replaced atomically, so a killed run loses at most
-    the epoch in progress and never leaves a half-written or mismatched checkpoint."""
+class RunInterrupted(RuntimeError):
+    """A run stopped by a signal after writing its checkpoint; ``signum`` says which."""
 
-    order = 61  # after the Recorder (50) and ProgressCallback (60): the epoch's values are final
+    def __init__(self, signum: int, where: str, path: Path):
+        self.signum = signum
+        name = signal.Signals(signum).name
+        # kept apart from args: fastai prefixes the args of an exception raised in a callback
+        self.message = (
+            f"{name} {where}; checkpoint written to {path}. "
+            f"Continue with: fvloss train --resume {path.parent.parent}"
+        )
+        super().__init__(self.message)
 
-    def __init__(self, lr: float, previous_values: list | None = None):
-        self.lr, self.previous_values = lr, list(previous_values or [])
+
+class StopSignals:
+    """While active (``with StopSignals() as stop:``), SIGTERM and SIGINT do not kill the
+    process but ask :class:`Checkpoint` to write a checkpoint after the step in progress and
+    stop the run. A second signal acts as usual (Ctrl-C twice: ``KeyboardInterrupt`` now).
+    Outside the main thread, where Python cannot set handlers, it does nothing."""
+
+    def __init__(self, signals: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)):
+        self.signals, self.signum, self._old = signals, None, {}
+
+    def __enter__(self) -> StopSignals:
+        self.signum = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in self.signals}
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        self.signum = signum
+        self._restore()  # the next one acts as it would without us
+        print(
+            f"\n[fvloss] {signal.Signals(signum).name}: writing a checkpoint after this step, "
+            "then stopping (send it again to stop at once, without one)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def _restore(self) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+        self._old = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+
+# -- the training state ------------------------------------------------------------------------
+def rng_state() -> dict[str, Any]:
+    """Every global generator's state, in types ``torch.load(weights_only=True)`` reads."""
+    version, mt, gauss = random.getstate()
+    _, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.cpu().numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _stateful(learn: Learner) -> dict[str, Callback]:
+    """The Learner's callbacks that carry state across steps (a ``state_dict`` method of their
+    own: fastai's attribute delegation would find the model's), by name."""
+    out: dict[str, Callback] = {}
+    for cb in learn.cbs:
+        if callable(getattr(type(cb), "state_dict", None)):
+            name, k = cb.name, 1
+            while name in out:
+                name, k = f"{cb.name}_{k}", k + 1
+            out[name] = cb
+    return out
+
+
+def training_state(learn: Learner) -> dict[str, Any]:
+    """What besides weights and optimizer a run needs to continue exactly from here."""
+    state: dict[str, Any] = {
+        "rng": rng_state(),
+        "callbacks": {n: cb.state_dict() for n, cb in _stateful(learn).items()},
+    }
+    rec = getattr(learn, "recorder", None)
+    if rec is not None and hasattr(rec, "smooth_loss"):
+        state["smooth_loss"] = [int(rec.smooth_loss.count), rec.smooth_loss.val.detach().clone()]
+    scaler = getattr(learn, "scaler", None)  # fastai's MixedPrecision (fp16)
+    if scaler is not None and hasattr(scaler, "state_dict"):
+        state["scaler"] = scaler.state_dict()
+    return state
+
+
+def _jsonable(v):
+    """A recorder value as the record keeps it: a float, ``None`` for n/a, or a string."""
+    if v is None:
+        return None
+    try:
+        v = float(v)
+    except (TypeError, ValueError):
+        return str(v)
+    return None if math.isnan(v) else v  # not available (NA): null in JSON, n/a on resume
+
+
+class Checkpoint(Callback):
+    """Write ``checkpoints/last.pth`` at every epoch's end, every ``every_steps`` training steps
+    and every ``every_minutes`` minutes (0 turns either off), and, when ``stop`` (a
+    :class:`StopSignals`) has seen a signal, after the step in progress, then raise
+    :class:`RunInterrupted`. No checkpoint is written while the divergence guard counts
+    exploding steps (``learn.diverging``): the one on disk stays the last good one.
+
+    Mid-epoch checkpoints need a training loader that can start an epoch at a batch
+    (``set_epoch(epoch, start_batch)``, :class:`~fvloss.seeded.SeededDL`); with another, this
+    checkpoints at epochs' ends only, and says so.
+    """
+
+    order = 61  # after the Recorder (50), ParamScheduler and the progress bar (60): the
+    # step's loss, lr and values are recorded
+
+    def __init__(
+        self,
+        lr: float,
+        every_steps: int = 0,
+        every_minutes: float = 15.0,
+        stop: StopSignals | None = None,
+    ):
+        self.lr, self.every_steps, self.every_minutes, self.stop = (
+            lr,
+            every_steps,
+            every_minutes,
+            stop,
+        )
+
+    # -- events --------------------------------------------------------------------------
+    def before_fit(self) -> None:
+        self.active = not hasattr(self.learn, "lr_finder")
+        self.mid_epoch = hasattr(self.dls.train, "set_epoch")
+        if self.active and not self.mid_epoch and (self.every_steps or self.every_minutes):
+            warnings.warn(
+                f"{type(self.dls.train).__name__} cannot start an epoch at a batch: "
+                "checkpoints at epochs' ends only (use fvloss.seeded.SeededDL for more)",
+                stacklevel=2,
+            )
+        self._last_save, self._steps, self._at_train_end = time.monotonic(), 0, None
 
     def before_epoch(self) -> None:
         self._cancelled = False
@@ -42,69 +213,206 @@ class EpochCheckpoint(Callback):
     def after_cancel_epoch(self) -> None:
         self._cancelled = True  # e.g. an epoch skipped by fit(start_epoch=...) on resume
 
-    def after_epoch(self) -> None:
-        if self._cancelled or hasattr(self.learn, "lr_finder"):
+    def after_batch(self) -> None:
+        if not self.active:
             return
-        d = self.learn.path / self.learn.model_dir
-        d.mkdir(parents=True, exist_ok=True)
+        if not self.training:  # a signal during validation: save where training ended
+            if self._signalled() and self.mid_epoch and self._at_train_end is not None:
+                self._save(self.epoch, len(self.dls.train), self._at_train_end)
+                self._interrupt("during the validation of epoch " + str(self.epoch))
+            return
+        self._steps += 1
+        batch = getattr(self.dl, "start_batch", 0) + self.iter + 1
+        due = (self.every_steps and self._steps % self.every_steps == 0) or (
+            self.every_minutes and time.monotonic() - self._last_save >= 60 * self.every_minutes
+        )
+        if self.mid_epoch and (due or self._signalled()):
+            self._save(self.epoch, batch)
+        if self._signalled() and self.mid_epoch:  # (else at the epoch's end)
+            self._interrupt(f"at epoch {self.epoch}, batch {batch}")
+
+    def after_train(self) -> None:
+        if self.active:  # for a signal during validation: training's end is where to resume
+            self._at_train_end = training_state(self.learn)
+
+    def after_epoch(self) -> None:
+        if self._cancelled or not self.active:
+            return
+        self._save(self.epoch + 1, 0)
+        self._at_train_end = None
+        if self._signalled():
+            self._interrupt(f"after epoch {self.epoch}")
+
+    # -- helpers -------------------------------------------------------------------------
+    def _signalled(self) -> bool:
+        return self.stop is not None and self.stop.signum is not None
+
+    def _interrupt(self, where: str) -> None:
+        raise RunInterrupted(self.stop.signum, where, self.path_)
+
+    @property
+    def path_(self) -> Path:
+        return self.learn.path / self.learn.model_dir / f"{LAST}.pth"
+
+    def _save(self, epoch: int, batch: int, train_state: dict | None = None) -> None:
+        if getattr(self.learn, "diverging", False):
+            return  # keep the last good checkpoint
         meta = {
-            "epoch": self.epoch + 1,
+            "epoch": epoch,  # the epoch to resume at ...
+            "batch": batch,  # ... and its first batch to train (0: a new epoch)
+            "n_iter": len(self.dls.train),
             "lr": self.lr,
-            # the epochs restored on resume log nothing here: keep theirs from the last record
-            "values": [
-                list(map(_jsonable, v))
-                for v in [*self.previous_values, *(v for v in self.recorder.values if len(v))]
-            ],
+            "values": [list(map(_jsonable, v)) for v in self.recorder.values if len(v)],
         }
-        state = {"model": get_model(self.learn.model).state_dict(), "meta": meta}
+        state = {
+            "model": get_model(self.learn.model).state_dict(),
+            "meta": meta,
+            "train_state": train_state or training_state(self.learn),
+        }
         if self.learn.opt is not None:
             state["opt"] = self.learn.opt.state_dict()
         buf = io.BytesIO()
         torch.save(state, buf)
-        atomic_write(d / f"{LAST}.pth", buf.getvalue())
-        write_json(d / f"{LAST}.json", meta, indent=None)  # a readable copy; resume reads the .pth
+        atomic_write(self.path_, buf.getvalue(), fsync=True)
+        write_json(self.path_.with_suffix(".json"), meta, indent=None)  # readable copy
+        self._last_save = time.monotonic()
 
 
-def _jsonable(v):
-    if v is None:  # a number that was not available (written as null), restored on resume
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return str(v)
+class ResumeFrom(Callback):
+    """Continue a fit exactly where the checkpoint ``state`` (from :func:`load_checkpoint`)
+    stopped: pass it with ``fit(n, start_epoch=state["meta"]["epoch"], cbs=[ResumeFrom(state)])``
+    after :func:`restore_weights`. The skipped epochs show their recorded values (marked
+    ``restored``) in the table and ``recorder.values``."""
+
+    order = 0  # before_train: after TrainEvalCallback (-10) and SetEpoch (-5) start the epoch;
+    # before_batch: before anything of the step (the margin schedule, 5; autocast, 10) runs
+
+    def __init__(self, state: dict[str, Any]):
+        meta = state["meta"]
+        self.epoch0, self.batch0 = int(meta["epoch"]), int(meta.get("batch", 0))
+        self.n_iter0 = meta.get("n_iter")
+        self.values = list(meta.get("values", []))
+        self.train_state = state.get("train_state")
+        self._done, self._rng_pending, self._logger = False, False, None
+
+    def after_cancel_epoch(self) -> None:
+        if self.epoch >= len(self.values):
+            return
+        from ..eval.callback import NA  # NaN that prints n/a (JSON kept it as null)
+
+        vals = [NA if v is None else v for v in self.values[self.epoch]]
+        # the Recorder stores and prints its log after this: give it the epoch's values, and
+        # "restored" where the epoch's time would be
+        self.recorder.log = L([self.epoch, *vals])
+        self._add_time, self.recorder.add_time = self.recorder.add_time, False
+        self._logger = self.learn.logger
+        self.learn.logger = lambda log: self._logger([*log, "restored"])
+
+    def before_epoch(self) -> None:
+        self._unwrap()
+
+    def after_fit(self) -> None:
+        self._unwrap()
+
+    def _unwrap(self) -> None:
+        if self._logger is not None:
+            self.learn.logger, self._logger = self._logger, None
+            self.recorder.add_time = self._add_time
+
+    def before_train(self) -> None:
+        if self._done or self.epoch != self.epoch0:
+            return
+        self._done = True
+        n_iter = len(self.dls.train)
+        if self.batch0 and self.n_iter0 is not None and n_iter != self.n_iter0:
+            raise ValueError(
+                f"cannot resume mid-epoch: an epoch is now {n_iter} batches, it was "
+                f"{self.n_iter0} (another batch size or data set?)"
+            )
+        # the training progress, by the same additions TrainEvalCallback makes per batch, so
+        # that the lr and margin schedules read the same floats as in the uninterrupted run
+        for _ in range(self.batch0):
+            self.learn.pct_train += 1.0 / (n_iter * self.n_epoch)
+        self.learn.train_iter = self.epoch0 * n_iter + self.batch0
+        if self.batch0:
+            if not hasattr(self.dls.train, "set_epoch"):
+                raise ValueError("cannot resume mid-epoch: the loader has no set_epoch")
+            self.dls.train.set_epoch(self.epoch0, start_batch=self.batch0)
+        ts = self.train_state
+        if ts is None:  # a checkpoint from before training states were saved
+            return
+        for name, cb in _stateful(self.learn).items():
+            if name in ts["callbacks"]:
+                cb.load_state_dict(ts["callbacks"][name])
+        if "smooth_loss" in ts:
+            count, val = ts["smooth_loss"]
+            self.recorder.smooth_loss.count = count
+            self.recorder.smooth_loss.val = val.to(self.recorder.smooth_loss.val.device)
+        if "scaler" in ts and getattr(self.learn, "scaler", None) is not None:
+            self.learn.scaler.load_state_dict(ts["scaler"])
+        if self.batch0:
+            # the loader's iterator, made after this event, draws from torch's generator; in
+            # the uninterrupted run it did so at the epoch's start, before the saved state
+            self._rng_pending = True
+        else:
+            set_rng_state(ts["rng"])
+
+    def before_batch(self) -> None:
+        if self.training:
+            self._restore_rng()
+
+    def before_validate(self) -> None:
+        self._restore_rng()  # an epoch resumed after its last batch goes straight here
+
+    def _restore_rng(self) -> None:
+        if self._rng_pending:
+            self._rng_pending = False
+            set_rng_state(self.train_state["rng"])
 
 
-def load_checkpoint(learn: Learner, run_dir: str | Path) -> tuple[int, float, list]:
-    """Load ``run_dir``'s last checkpoint into ``learn``; returns (next epoch, lr, the recorder
-    values of the epochs done). Loaded with ``weights_only`` (no code in the file runs)."""
+def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """Read a checkpoint (``checkpoints/last.pth``, or the run folder holding it) with
+    ``weights_only`` (no code in the file runs). A truncated or foreign file is a ``ValueError``
+    naming it."""
     from ..runs import _load_weights
 
-    d = Path(run_dir) / learn.model_dir
-    path = d / f"{LAST}.pth"
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoints" / f"{LAST}.pth"
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path}: no checkpoint to resume from (none finished an epoch yet?)"
-        )
+        raise FileNotFoundError(f"{path}: no checkpoint to resume from (none was written yet?)")
     try:
-        state = _load_weights(path, map_location=learn.dls.device)
+        state = _load_weights(path, map_location=map_location)
     except ValueError as e:
         raise ValueError(f"{path}: cannot resume from this checkpoint ({e})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise ValueError(f"{path}: cannot resume from this checkpoint (no model weights in it)")
-    meta = state.get("meta") or _old_record(d / f"{LAST}.json")
+    state.setdefault("meta", None)
+    if state["meta"] is None:
+        state["meta"] = _old_record(path.with_suffix(".json"))
     try:
-        epoch, lr = int(meta["epoch"]), float(meta["lr"])
+        int(state["meta"]["epoch"]), float(state["meta"]["lr"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: cannot resume from this checkpoint (bad record: {e})") from None
+    state["path"] = path
+    return state
+
+
+def restore_weights(learn: Learner, state: dict[str, Any]) -> None:
+    """Load a checkpoint's model and optimizer state into ``learn`` (a ``ValueError`` naming the
+    file when they do not fit this model)."""
+    try:
         get_model(learn.model).load_state_dict(state["model"])
         if "opt" in state:
             if learn.opt is None:
                 learn.create_opt()
             learn.opt.load_state_dict(state["opt"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another model, a bad record
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another model
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(
-            f"{path}: cannot resume from this checkpoint ({type(e).__name__}: {first[:200]})"
+            f"{state.get('path', 'checkpoint')}: cannot resume from this checkpoint "
+            f"({type(e).__name__}: {first[:200]})"
         ) from None
-    return epoch, lr, meta.get("values", [])
 
 
 def _old_record(path: Path) -> dict:

@@ -14,8 +14,10 @@ A diverging run otherwise trains on to a loss of 1e13, scores near-chance verifi
   training, or non-finite embeddings of its validation images (finite weights so large that
   the forward pass overflows) — both before the epoch checkpoint.
 
-It raises :class:`TrainingDiverged` (fastai does not catch it, so no ``after_epoch`` runs and
-the epoch checkpoint of the last good epoch is kept). ``lr_find``, which drives the loss up on
+It raises :class:`TrainingDiverged` (fastai does not catch it, so no ``after_epoch`` runs), and
+while it counts exploding steps it sets ``learn.diverging``, which stops
+:class:`~fvloss.callbacks.checkpoint.Checkpoint` from writing: the checkpoint on disk is the
+last good one. ``lr_find``, which drives the loss up on
 purpose, is left alone.
 """
 
@@ -66,6 +68,17 @@ class DivergenceGuard(Callback):
         self.high = self.skipped = 0
         self.step = 0
         self.scale = None
+        self.learn.diverging = False
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to judge its loss as the uninterrupted one would."""
+        return {"early": list(self.early), "high": self.high, "skipped": self.skipped,
+                "step": self.step, "scale": self.scale}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        self.early, self.high, self.skipped = list(state["early"]), state["high"], state["skipped"]
+        self.step, self.scale = state["step"], state["scale"]
+        self.learn.diverging = self.high > 0
 
     def _stop(self, reason: str, value: float) -> None:
         lr = self.learn.opt.hypers[-1].get("lr") if self.learn.opt is not None else None
@@ -74,7 +87,7 @@ class DivergenceGuard(Callback):
         ) + ", --precision fp32, or a margin warm-up for margin heads. "
         ckpt = self.learn.path / self.learn.model_dir / "last.pth"
         hint += (
-            f"No model.pth was written; {ckpt} holds the last good epoch"
+            f"No model.pth was written; {ckpt} holds the last good checkpoint"
             if ckpt.is_file()
             else "No model.pth was written, and no epoch had finished (no checkpoint)"
         )
@@ -96,6 +109,8 @@ class DivergenceGuard(Callback):
         # catches a run that explodes within its first steps, whose median is already huge.
         level = min(self.early[0], statistics.median(self.early))
         self.high = self.high + 1 if loss > self.factor * level else 0
+        # while it counts, Checkpoint keeps the last good checkpoint instead of writing one
+        self.learn.diverging = self.high > 0
         if self.high >= self.patience:
             self._stop(
                 f"the loss ({loss:.4g}) stayed above {self.factor:g} x its early level "

@@ -7,6 +7,7 @@ A recipe module (``fvloss.recipes.arcface`` ...) only names what differs from th
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -62,7 +63,13 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     from fastai.callback.schedule import valley
     from fastai.torch_core import set_seed
 
-    from ..callbacks.checkpoint import EpochCheckpoint, load_checkpoint
+    from ..callbacks.checkpoint import (
+        Checkpoint,
+        ResumeFrom,
+        StopSignals,
+        load_checkpoint,
+        restore_weights,
+    )  # fmt: skip
     from ..callbacks.guard import DivergenceGuard
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
@@ -148,12 +155,14 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         learn.add_cb(DivergenceGuard(cfg.guard_factor, cfg.guard_patience, cfg.guard_warmup))
     _log(f"device {dls.device}; precision: {why}")
 
-    start_epoch, lr, done = 0, cfg.lr, []
+    start_epoch, lr, resume = 0, cfg.lr, None
     if cfg.resume:
-        start_epoch, lr, done = load_checkpoint(learn, run_dir)
-        if isinstance(learn.logger, PlainTable):
-            learn.logger.restored = done
-        _log(f"resuming {run_dir} at epoch {start_epoch} with lr {lr:.3g}")
+        state = load_checkpoint(run_dir, map_location=dls.device)
+        restore_weights(learn, state)
+        resume = ResumeFrom(state)
+        start_epoch, batch, lr = resume.epoch0, resume.batch0, float(state["meta"]["lr"])
+        where = f"epoch {start_epoch}" + (f", batch {batch}" if batch else "")
+        _log(f"resuming {run_dir} at {where} with lr {lr:.3g}")
         if start_epoch >= cfg.epochs and (run_dir / "metrics.json").exists():
             _log(f"{start_epoch} of {cfg.epochs} epochs already done: nothing to train")
             return RunResult(json.loads((run_dir / "metrics.json").read_text()))
@@ -167,27 +176,32 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     write_json(run_dir / "config.json", resolved)
     write_json(run_dir / "data_report.json", dls.report.to_dict())
 
-    ckpt = EpochCheckpoint(lr, done)
     t_fit = time.time()
     fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}
     if cfg.schedule not in fits:
         raise ValueError(f"schedule must be one of {sorted(fits)}, got {cfg.schedule!r}")
-    if start_epoch < cfg.epochs:
-        fits[cfg.schedule](cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt])
+    # SIGTERM (a scheduler's preemption) / SIGINT: checkpoint after the step, exit 143 / 130
+    with StopSignals() as stop:
+        ckpt = Checkpoint(lr, cfg.checkpoint_steps, cfg.checkpoint_minutes, stop=stop)
+        if start_epoch < cfg.epochs:
+            fits[cfg.schedule](
+                cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt, *([resume] if resume else [])]
+            )
     fit_s = time.time() - t_fit
     learn.save(run_dir.resolve() / "model", with_opt=False)
 
     # final evaluation on the validation identities (and the pair file, if any)
     names = list(learn.recorder.metric_names[1:-1])
-    # on resume, the epochs before the checkpoint come from its saved recorder values
-    values = ckpt.previous_values + [
-        v for v in learn.recorder.values if len(v)
-    ]  # skipped epochs log nothing
+    # a resumed run's recorder holds the restored epochs' values too (ResumeFrom)
+    trained = start_epoch < cfg.epochs
+    values = [v for v in learn.recorder.values if len(v)] if trained else list(resume.values)
     history = [
         dict(zip(["epoch", *names], [e, *map(_num, vals)], strict=False))
         for e, vals in enumerate(values)
     ]
-    n_seen = len(dls.train_ds) * max(cfg.epochs - start_epoch, 0)
+    # images trained in this process: a resumed run started at (epoch0, batch0)
+    first_iter = resume.epoch0 * len(dls.train) + resume.batch0 if resume else 0
+    n_seen = cfg.bs * max(learn.train_iter - first_iter, 0) if trained else 0
     metrics = RunMetrics(
         name=cfg.name or cfg.loss, loss=cfg.loss, data=data_name, run_dir=str(run_dir), lr=lr,
         precision=why, device=str(dls.device), epochs=cfg.epochs, history=history,
@@ -212,9 +226,15 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     )
     _log(
         "final epoch (held-out identities: auc ...; protocols: <name>_auc ...): "
-        + ", ".join(f"{k}={v:.4f}" for k, v in result["final"].items() if isinstance(v, float))
+        + ", ".join(
+            f"{k}={'n/a' if math.isnan(v) else f'{v:.4f}'}"
+            for k, v in result["final"].items()
+            if isinstance(v, float)
+        )
     )
-    _log(f"run folder: {run_dir} (config.json, metrics.json, lr_find.png, model.pth, checkpoints/)")
+    files = [f for f in ("config.json", "metrics.json", "lr_find.png", "model.pth")
+             if (run_dir / f).exists()]  # fmt: skip
+    _log(f"run folder: {run_dir} ({', '.join(files)}, checkpoints/)")
     return result
 
 
@@ -272,22 +292,14 @@ def _pair_callbacks(cfg: Config) -> dict:
 class PlainTable:
     """A Learner logger printing fastai's progress table as plain text, one line per epoch."""
 
-    def __init__(self, learn, restored: list | None = None):
+    def __init__(self, learn):
         self.learn, self.names = learn, None
-        self.restored = list(restored or [])  # a resumed run's finished epochs (their values)
 
     def __call__(self, row) -> None:
         names = list(self.learn.recorder.metric_names)
         if names != self.names:
             self.names = names
             print("  ".join(f"{n:>12}" for n in names), flush=True)
-        row = list(row)
-        epoch = row[0] if row and isinstance(row[0], int) else None
-        if epoch is not None and epoch < len(self.restored) and len(row) < len(names):
-            # an epoch skipped on resume logs nothing: show what its checkpoint recorded
-            from ..eval.callback import NA  # NaN that prints n/a (JSON kept it as null)
-
-            row = [epoch, *(NA if v is None else _num(v) for v in self.restored[epoch]), "restored"]
         cells = [f"{v:12.6f}" if isinstance(v, float) else f"{v!s:>12}" for v in row]
         print("  ".join(cells), flush=True)
 
@@ -335,28 +347,33 @@ def main(
 
     Bad input (a missing folder or file, an unreadable image, an invalid setting, a run folder
     that already holds a run) ends with one line naming the problem and exit status 2, not a
-    traceback; a run stopped by the divergence guard with one line and exit status 3;
-    ``FVLOSS_DEBUG=1`` re-raises for the traceback.
+    traceback; a run stopped by the divergence guard with one line and exit status 3; a run
+    stopped by SIGTERM / SIGINT, after writing its checkpoint, with one line and the shell's
+    128 + signal number (143 / 130); ``FVLOSS_DEBUG=1`` re-raises for the traceback.
     """
     quiet_library_warnings()
     try:
         cfg, source = resolve_config(argv, recipe, prog=prog)
         run(cfg, source)
     except Exception as e:
-        diverged = _diverged(e)
-        if os.environ.get("FVLOSS_DEBUG") or not (diverged or isinstance(e, (OSError, ValueError))):
+        status = _stop_status(e)
+        if os.environ.get("FVLOSS_DEBUG") or not (status or isinstance(e, (OSError, ValueError))):
             raise
-        print(f"{prog}: error: {getattr(e, 'message', e)}", file=sys.stderr)
-        return 3 if diverged else 2
+        what = "stopped" if status == 128 + getattr(e, "signum", -128) else "error"
+        print(f"{prog}: {what}: {getattr(e, 'message', e)}", file=sys.stderr)
+        return status or 2
     return 0
 
 
-def _diverged(e: BaseException) -> bool:
-    """Whether ``e`` is the divergence guard's stop (imported only then: ``--help`` stays
-    free of torch and fastai)."""
+def _stop_status(e: BaseException) -> int:
+    """The exit status of a run stopped on purpose (the divergence guard: 3; a signal: 128 +
+    its number), else 0. Imported only then: ``--help`` stays free of torch and fastai."""
+    from ..callbacks.checkpoint import RunInterrupted
     from ..callbacks.guard import TrainingDiverged
 
-    return isinstance(e, TrainingDiverged)
+    if isinstance(e, TrainingDiverged):
+        return 3
+    return 128 + e.signum if isinstance(e, RunInterrupted) else 0
 
 
 def recipe_main(loss: str, **overrides: Any):

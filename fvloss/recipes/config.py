@@ -90,6 +90,8 @@ class Config:
     out: str = "runs"
     run_dir: str | None = None  # explicit run folder; default out/<name>-<timestamp>
     resume: str | None = None  # a run folder to continue from its last checkpoint
+    checkpoint_steps: int = 0  # also checkpoint every N training steps (0: off)
+    checkpoint_minutes: float = 15.0  # ... and every N minutes (0: off); always at epoch ends
     progress: bool = True
 
     @property
