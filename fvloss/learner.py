@@ -14,6 +14,7 @@ from fastai.optimizer import Adam
 
 from .callbacks.center import CenterLoss
 from .callbacks.margin import MarginSchedule
+from .callbacks.timing import TimeBreakdown
 from .eval.callback import HeldOutPairs, VerifyPairs
 from .heads import Head, MarginHead, make_head
 from .model import EmbeddingNet, FaceNet
@@ -112,7 +113,8 @@ def face_learner(
     model = FaceNet(EmbeddingNet(arch, emb_dim, pretrained=pretrained, dropout=dropout), head)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    cbs = [SetEpoch(), *(cbs or [])]  # epoch e's shuffle and augmentation (fvloss.seeded)
+    # epoch e's shuffle and augmentation (fvloss.seeded); where each epoch's seconds go
+    cbs = [SetEpoch(), TimeBreakdown(), *(cbs or [])]
     if loss == "center":
         cbs.append(CenterLoss(n_classes, emb_dim, lam=center_lam, alpha=center_alpha))
     if (margin_hold or margin_warmup) and isinstance(head, MarginHead):

@@ -41,6 +41,7 @@ from fastai.torch_core import get_model
 from fastcore.foundation import L
 
 from ..jsonio import atomic_write, write_json
+from .timing import timed
 
 __all__ = [
     "Checkpoint",
@@ -257,6 +258,10 @@ class Checkpoint(Callback):
     def _save(self, epoch: int, batch: int, train_state: dict | None = None) -> None:
         if getattr(self.learn, "diverging", False):
             return  # keep the last good checkpoint
+        with timed(self.learn, "checkpoint"):  # (TimeBreakdown's share of the epoch)
+            self._write(epoch, batch, train_state)
+
+    def _write(self, epoch: int, batch: int, train_state: dict | None) -> None:
         meta = {
             "epoch": epoch,  # the epoch to resume at ...
             "batch": batch,  # ... and its first batch to train (0: a new epoch)

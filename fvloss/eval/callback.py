@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.learner import Metric, Recorder
 
+from ..callbacks.timing import timed
 from .embed import score_pairs
 from .metrics import (
     DEFAULT_FARS,
@@ -250,7 +251,8 @@ class VerifyPairs(Callback):
                 return
         elif not (self.trained and due):
             return
-        scores, same, folds = self._scores(None)
+        with timed(self.learn, "scoring"):  # (TimeBreakdown's share of the epoch)
+            scores, same, folds = self._scores(None)
         n_bad = int((~np.isfinite(scores)).sum())
         if n_bad:
             # A diverged model gives NaN embeddings: show NaN columns and let training go on
@@ -264,7 +266,8 @@ class VerifyPairs(Callback):
             return
         if same.all() or not same.any():
             return  # too few validation identities for both kinds of pair: nothing to measure
-        result = verify_scores(scores, same, folds, self.n_folds, self.fars)
+        with timed(self.learn, "scoring"):
+            result = verify_scores(scores, same, folds, self.n_folds, self.fars)
         self.last = self.epoch_result = result
         self.current = result.scalars()
         if self.out_dir is not None and self.trained:

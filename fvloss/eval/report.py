@@ -186,6 +186,8 @@ class RunMetrics:
     train_time_s: float | None = None
     images_per_s: float | None = None
     wall_time_s: float | None = None
+    # where the trained epochs' time went (fvloss.callbacks.timing.TimeBreakdown.summary)
+    time_breakdown: dict[str, Any] = field(default_factory=dict)
     torch: str = ""
     data_report: dict[str, Any] = field(default_factory=dict)
 

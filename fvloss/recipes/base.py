@@ -208,6 +208,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         final=history[-1] if history else {}, train_time_s=round(fit_s, 1),
         images_per_s=round(n_seen / fit_s, 1) if fit_s > 0 else None,
         wall_time_s=round(time.time() - t_start, 1), torch=torch.__version__,
+        time_breakdown=learn.time_breakdown.summary() if trained else {},
         data_report={k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
     )  # fmt: skip
     for name, cb in pair_cbs.items():
@@ -224,6 +225,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     _log(
         f"done in {result['wall_time_s']:.0f}s (training {fit_s:.0f}s, {result['images_per_s']} images/s)"
     )
+    if trained:
+        _log(f"where training's time went: {learn.time_breakdown.line()}")
     _log(
         "final epoch (held-out identities: auc ...; protocols: <name>_auc ...): "
         + ", ".join(
