@@ -149,12 +149,13 @@ def one_worker(
 def loader_bound(
     root: Path, size: int, bs: int, combos: list[tuple[int | None, int | None]], steps: int,
     rounds: int, settle: float, amp: str | None, device: torch.device | str = "cpu",
-    lean: tuple[int, int | None] | None = None,
+    lean: tuple[int, int | None] | None = None, device_aug: bool = True,
 ) -> tuple[dict[str, list[float]], dict[str, tuple[float, float]], int]:  # fmt: skip
     """Per-step seconds of the training step fed by the loader for each (workers, torch threads)
     in ``combos`` (``None``: fastai's default worker count / torch's default thread count) and by
     preloaded tensors at each thread count; the loader alone's images/s and first-batch seconds;
-    the number of training images."""
+    the number of training images. ``device_aug``: also the step fed by ``preload="on"``
+    (images decoded once into memory, augmented on ``device`` in batches)."""
     device = torch.device(device)
     default_threads = torch.get_num_threads()
     combos = [(w, None if t == default_threads else t) for w, t in combos]
@@ -162,7 +163,10 @@ def loader_bound(
         lean = (lean[0], None if lean[1] == default_threads else lean[1])
     dls = {}
     for w in dict.fromkeys(w for w, _ in combos):
-        dls[w] = face_dls(root, img_size=size, bs=bs, num_workers=w, check="none", device=device)
+        dls[w] = face_dls(root, img_size=size, bs=bs, num_workers=w, check="none", device=device,
+                          preload="off")  # fmt: skip
+    pre_dls = (face_dls(root, img_size=size, bs=bs, check="none", device=device, preload="on")
+               if device_aug else None)  # fmt: skip
     n_classes = next(iter(dls.values())).n_classes
     trainer = PlainStep(n_classes, amp, device)
     # preloaded: real batches from the loader, decoded once, kept in memory (on the device)
@@ -175,6 +179,8 @@ def loader_bound(
             yield from dl
 
     iters = {w: endless(d.train) for w, d in dls.items()}
+    if pre_dls is not None:
+        iters["pre"] = endless(pre_dls.train)
 
     def tname(t):
         n = t or default_threads
@@ -213,6 +219,9 @@ def loader_bound(
         fns[f"preloaded tensors, {tname(t)}"] = lambda t=t: timed(pre, t)
     for w, t in combos:
         fns[f"loader, {wname(w)}, {tname(t)}"] = loader_side(w, t)
+    if pre_dls is not None:
+        t = combos[0][1]
+        fns[f"preloaded images + device augmentation, {tname(t)}"] = loader_side("pre", t)
     lean_dl = None
     if lean:  # the same decode + augment in a plain torch DataLoader: what fastai's layer costs
         w, t = lean
@@ -225,6 +234,10 @@ def loader_bound(
     iters.clear()
     gc.collect()
     alone = {wname(w): loader_alone(d.train, max(2 * steps, 8)) for w, d in dls.items()}
+    if pre_dls is not None:
+        alone["preloaded images + device augmentation"] = loader_alone(
+            pre_dls.train, max(2 * steps, 8)
+        )
     if lean_dl is not None:
         alone["lean"] = loader_alone(lean_dl, max(2 * steps, 8))
     d = next(iter(dls.values()))

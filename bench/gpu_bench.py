@@ -247,19 +247,20 @@ def main(argv=None) -> int:
         if not over_budget("3b. Loader-bound?"):
             cb, why = mixed_precision_cb("auto", device)
             amp = None if cb is None else ("fp16" if "fp16" in why else "bf16")
-            res, alone, n_imgs = loader_bound(root, args.sizes[0], args.batch_sizes[0], [(None, None)], args.steps,
-                                              args.rounds, 0.5, amp, device)  # fmt: skip
-            # one thread setting here, so one "preloaded tensors, <threads>" baseline
-            base = median(next(v for k, v in res.items() if k.startswith("preloaded tensors")))
-            rows = [
-                [k, f"{args.batch_sizes[0] / median(v):.0f}", f"{median(v) / base:.3f}"]
-                for k, v in res.items()
-            ]
-            tab = md_table(
-                ["training step fed by", "img/s", "ratio vs preloaded (target <= 1.05)"], rows
-            )
-            write(f"### 3b. Training step fed by the loader ({args.sizes[0]} px, bs {args.batch_sizes[0]}, {why})",
-                  "", tab, "")  # fmt: skip
+            for size in args.sizes:  # the per-image loader and the preloaded + device path
+                res, alone, n_imgs = loader_bound(root, size, args.batch_sizes[0], [(None, None)], args.steps,
+                                                  args.rounds, 0.5, amp, device)  # fmt: skip
+                # one thread setting here, so one "preloaded tensors, <threads>" baseline
+                base = median(next(v for k, v in res.items() if k.startswith("preloaded tensors")))
+                rows = [
+                    [k, f"{args.batch_sizes[0] / median(v):.0f}", f"{median(v) / base:.3f}"]
+                    for k, v in res.items()
+                ]
+                tab = md_table(
+                    ["training step fed by", "img/s", "ratio vs preloaded (target <= 1.05)"], rows
+                )
+                write(f"### 3b. Training step fed by the loader ({size} px, bs {args.batch_sizes[0]}, {why})",
+                      "", tab, "")  # fmt: skip
         if tmp is not None:
             tmp.cleanup()
     write(f"(finished in {time.time() - t_start:.0f} s; results in {out_path})")

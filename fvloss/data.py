@@ -346,6 +346,8 @@ def face_dls(
     num_workers: int | None = None,
     device: torch.device | str | None = None,
     index: IdentityIndex | None = None,
+    preload: str = "auto",
+    preload_share: float = 0.25,
 ) -> DataLoaders:
     """Training / validation ``DataLoaders`` for an identity folder, split by identity.
 
@@ -360,7 +362,15 @@ def face_dls(
     ``(seed, e, image)``: a Learner must call ``dls.train.set_epoch(e)`` each epoch (the
     :class:`~fvloss.seeded.SetEpoch` callback, which ``face_learner`` adds), or every epoch
     repeats epoch 0's order and augmentation.
+
+    ``preload``: ``"auto"`` decodes and resizes the images once into memory and augments batches
+    on the training device (:mod:`fvloss.preload`) when the augmentation has a device version
+    and the uint8 images take at most ``preload_share`` of the available memory; ``"on"``
+    requires it (an error says why it cannot), ``"off"`` keeps the per-image Albumentations
+    path. ``dls.pipeline`` says which path was taken and why.
     """
+    if preload not in ("auto", "on", "off"):
+        raise ValueError(f"preload must be auto, on or off, got {preload!r}")
     if index is None:
         scan = scan_records if is_record_set(root) else scan_identities
         index = scan(root, check=check, skip_bad=skip_bad)
@@ -369,6 +379,17 @@ def face_dls(
     else:
         read, get_y = read_rgb, partial(_label_of, root=Path(root))
     train_ids, valid_ids = split_identities(index.labels, valid_pct, seed)
+    pipe = train_pipeline(img_size, hflip, mean, std, extra_aug)
+    use, why = _preload_choice(preload, pipe, mean, std, len(index.items), img_size, preload_share)
+    if use is not None:
+        from .preload import preloaded_dls
+
+        dls = preloaded_dls(
+            index.items, index.labels, read, train_ids + valid_ids, len(train_ids), img_size, use,
+            bs=bs, seed=seed, num_workers=(os.cpu_count() or 0) if num_workers is None else num_workers,
+            device=device,
+        )  # fmt: skip
+        return _describe(dls, train_ids, valid_ids, index, why)
     train_set = set(train_ids)
     valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
     block = DataBlock(
@@ -379,7 +400,7 @@ def face_dls(
         get_y=get_y,
         splitter=IndexSplitter(valid_idx),
         item_tfms=AlbumentationsTransform(
-            train_pipeline(img_size, hflip, mean, std, extra_aug),
+            pipe,
             eval_pipeline(img_size, mean, std),
             mean,
             std,
@@ -388,12 +409,50 @@ def face_dls(
     kw: dict[str, Any] = {"bs": bs, "device": device}
     if num_workers is not None:
         kw["num_workers"] = num_workers
+    dev = torch.device(device) if device is not None else None
+    if (dev or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda":
+        # page-locked batches copy to the GPU asynchronously. (Workers are not persistent:
+        # fastai hands each epoch's order to workers when they start; restarting them costs
+        # ~0.1 s an epoch here, bench/data_pipeline.py's "first batch s".)
+        kw["pin_memory"] = True
     # SeededDL: shuffle and augmentation are functions of (seed, epoch, image), see fvloss.seeded
     dls = block.dataloaders(index.items, dl_type=SeededDL, seed=seed, **kw)
+    return _describe(dls, train_ids, valid_ids, index, why)
+
+
+def _describe(dls, train_ids, valid_ids, index, pipeline: str) -> DataLoaders:
     dls.n_classes = len(train_ids)
     dls.train_identities, dls.valid_identities = train_ids, valid_ids
-    dls.report = index.report
+    dls.report, dls.pipeline = index.report, pipeline
     return dls
+
+
+def _preload_choice(
+    preload: str, pipe, mean: float, std: float, n: int, size: int, share: float
+) -> tuple[Any, str]:
+    """``(DeviceAugment or None, a sentence saying which path and why)``."""
+    from .device_aug import DeviceAugment
+    from .preload import available_memory
+
+    per_item = "per-image Albumentations in the DataLoader"
+    if preload == "off":
+        return None, f"{per_item} (preload off)"
+    aug, why = DeviceAugment.from_pipeline(pipe, mean, std)
+    need, avail = n * 3 * size * size, available_memory()
+    if aug is None:
+        if preload == "on":
+            raise ValueError(f"preload on: the augmentation has no device version ({why})")
+        return None, f"{per_item} (no device augmentation: {why})"
+    if need > share * avail:
+        msg = (f"the images need {need / 2**30:.2f} GiB as uint8, more than {share:.0%} of the "
+               f"{avail / 2**30:.1f} GiB available")  # fmt: skip
+        if preload == "on":
+            raise ValueError(f"preload on: {msg}")
+        return None, f"{per_item} ({msg})"
+    return aug, (
+        f"preloaded: decoded once into {need / 2**20:.0f} MiB of uint8, augmented on the "
+        "training device in batches"
+    )
 
 
 def _label_of(p: Path, root: str | Path) -> str:

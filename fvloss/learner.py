@@ -84,6 +84,7 @@ def face_learner(
     opt_func: Callable = Adam,
     wd: float = 0.0,
     channels_last: bool = True,
+    compile: bool = False,
     cbs: list[Callback] | None = None,
     metrics: list | None = None,
     **kwargs: Any,
@@ -103,6 +104,9 @@ def face_learner(
             (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
         channels_last: NHWC weights, faster for convolutions on CPU and tensor cores.
+        compile: ``torch.compile`` the body in place (its weights keep their names, so
+            checkpoints and ``model.pth`` do not change). Measured slower on this project's
+            2-core CPU (0.87-0.93x eager, ``bench/cpu_defaults.py``): off by default.
 
     In eval mode ``learn.model`` returns embeddings: ``learn.get_preds()`` embeds a DataLoader.
     """
@@ -113,6 +117,8 @@ def face_learner(
     model = FaceNet(EmbeddingNet(arch, emb_dim, pretrained=pretrained, dropout=dropout), head)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model.embedder.compile()
     # epoch e's shuffle and augmentation (fvloss.seeded); where each epoch's seconds go
     cbs = [SetEpoch(), TimeBreakdown(), *(cbs or [])]
     if loss == "center":

@@ -24,7 +24,7 @@ import numpy as np
 from fastai.callback.core import Callback
 from fastai.data.core import TfmdDL
 
-__all__ = ["SeededDL", "SetEpoch", "item_seed", "mix64"]
+__all__ = ["EpochOrder", "SeededDL", "SetEpoch", "item_seed", "mix64"]
 
 _M64 = (1 << 64) - 1
 _SHUFFLE = 0x5EED_5EED  # a tag, so the shuffle seed of epoch e is not the seed of any item
@@ -44,17 +44,13 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
     return mix64(mix64(mix64(seed & _M64) ^ epoch) ^ index)
 
 
-class SeededDL(TfmdDL):
-    """A fastai ``TfmdDL`` whose shuffle and per-item augmentation seeds are functions of
-    ``(seed, epoch, item)`` (module docstring). ``face_dls`` builds its loaders with it."""
+class EpochOrder:
+    """Mixin for a fastai ``DataLoader``: epoch ``e``'s order is a permutation seeded by
+    ``(seed, e)``, and ``set_epoch(e, start_batch)`` picks the epoch and its first batch."""
 
-    def __init__(self, dataset=None, seed: int = 0, **kwargs):
-        self.seed, self.epoch, self.start_batch = int(seed), 0, 0
-        self._seeded: list | None = None
-        super().__init__(dataset, **kwargs)
-
-    def new(self, dataset=None, cls=None, **kwargs):
-        return super().new(dataset, cls, **{"seed": self.seed, **kwargs})
+    seed: int = 0
+    epoch: int = 0
+    start_batch: int = 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Serve epoch ``epoch`` from batch ``start_batch`` on (like PyTorch's
@@ -69,6 +65,19 @@ class SeededDL(TfmdDL):
         idxs = super().get_idxs()
         # skipped batches are never loaded; the rest keep their places in the epoch's order
         return idxs[self.start_batch * (self.bs or 1) :] if self.start_batch else idxs
+
+
+class SeededDL(EpochOrder, TfmdDL):
+    """A fastai ``TfmdDL`` whose shuffle and per-item augmentation seeds are functions of
+    ``(seed, epoch, item)`` (module docstring). ``face_dls`` builds its loaders with it."""
+
+    def __init__(self, dataset=None, seed: int = 0, **kwargs):
+        self.seed, self.epoch, self.start_batch = int(seed), 0, 0
+        self._seeded: list | None = None
+        super().__init__(dataset, **kwargs)
+
+    def new(self, dataset=None, cls=None, **kwargs):
+        return super().new(dataset, cls, **{"seed": self.seed, **kwargs})
 
     def before_iter(self) -> None:
         super().before_iter()

@@ -46,9 +46,10 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def learner(syn: Path, path: Path, loss: str, seed: int = 0):
+def learner(syn: Path, path: Path, loss: str, seed: int = 0, preload: str = "off"):
     set_seed(seed)
-    dls = face_dls(syn, img_size=32, bs=4, num_workers=0, seed=0)  # 9 batches an epoch
+    # 9 batches an epoch; preload "off": per-image Albumentations, "on": device augmentation
+    dls = face_dls(syn, img_size=32, bs=4, num_workers=0, seed=0, preload=preload)
     # dropout and a margin warm-up: the model draws random numbers, the schedule moves per step
     return face_learner(
         dls, loss=loss, arch="resnet18", emb_dim=16, dropout=0.2, margin_warmup=0.3,
@@ -84,20 +85,20 @@ def reference(syn, tmp_path_factory) -> dict:
     """The uninterrupted runs, per loss: final weights and the table's values."""
     out = {}
     torch.set_num_threads(1)
-    for loss in ("center", "arcface"):
-        learn = learner(syn, tmp_path_factory.mktemp(f"ref-{loss}"), loss)
+    for loss, preload in (("center", "off"), ("arcface", "off"), ("center", "on")):
+        learn = learner(syn, tmp_path_factory.mktemp(f"ref-{loss}"), loss, preload=preload)
         learn.fit_one_cycle(EPOCHS, LR, cbs=[Checkpoint(LR, 0, 0)])
-        out[loss] = (weights(learn), str(learn.recorder.values))
+        out[loss, preload] = (weights(learn), str(learn.recorder.values))
     return out
 
 
-def resume(syn: Path, run: Path, loss: str, drop_train_state: bool = False):
+def resume(syn: Path, run: Path, loss: str, drop_train_state: bool = False, preload: str = "off"):
     """A fresh process's resume: another global seed, so only what the checkpoint restores
     can make it match."""
     state = load_checkpoint(run)
     if drop_train_state:
         state.pop("train_state")
-    learn = learner(syn, run, loss, seed=1234)
+    learn = learner(syn, run, loss, seed=1234, preload=preload)
     restore_weights(learn, state)
     cb = ResumeFrom(state)
     learn.fit_one_cycle(EPOCHS, LR, start_epoch=cb.epoch0, cbs=[Checkpoint(LR, 0, 0), cb])
@@ -105,25 +106,31 @@ def resume(syn: Path, run: Path, loss: str, drop_train_state: bool = False):
 
 
 @pytest.mark.parametrize(
-    "loss,at,every",
+    "loss,at,every,preload",
     [
-        ("center", 4, {"every_steps": 1}),  # mid epoch 0 (centers: a buffer moved per step)
-        ("arcface", 10, {"every_steps": 1}),  # first step of epoch 1: the epoch-end checkpoint
-        ("arcface", 16, {"every_steps": 2}),  # mid epoch 1, a checkpoint a step older than the kill
-        ("center", 13, {"every_minutes": 1e-9}),  # by time: every step here
+        # mid epoch 0 (centers: a buffer moved per step)
+        ("center", 4, {"every_steps": 1}, "off"),
+        # first step of epoch 1: the epoch-end checkpoint
+        ("arcface", 10, {"every_steps": 1}, "off"),
+        # mid epoch 1, a checkpoint a step older than the kill
+        ("arcface", 16, {"every_steps": 2}, "off"),
+        # by time: every step here
+        ("center", 13, {"every_minutes": 1e-9}, "off"),
+        # preloaded images, augmented on the device in batches
+        ("center", 13, {"every_steps": 1}, "on"),
     ],
 )
 def test_resume_after_a_kill_anywhere_ends_with_the_same_weights(
-    syn, tmp_path, reference, loss, at, every
+    syn, tmp_path, reference, loss, at, every, preload
 ):
-    learn = learner(syn, tmp_path, loss)
+    learn = learner(syn, tmp_path, loss, preload=preload)
     with pytest.raises(SystemExit):
         learn.fit_one_cycle(
             EPOCHS, LR, cbs=[Checkpoint(LR, **{"every_steps": 0, **every}), Kill(at)]
         )
-    resumed, meta = resume(syn, tmp_path, loss)
+    resumed, meta = resume(syn, tmp_path, loss, preload=preload)
     assert (meta["epoch"], meta["batch"]) == {4: (0, 3), 10: (1, 0), 16: (1, 5), 13: (1, 3)}[at]
-    ref_weights, ref_values = reference[loss]
+    ref_weights, ref_values = reference[loss, preload]
     assert same(weights(resumed), ref_weights)
     assert str(resumed.recorder.values) == ref_values  # the table, restored epochs included
 
@@ -134,7 +141,7 @@ def test_without_the_training_state_a_resume_is_not_exact(syn, tmp_path, referen
     with pytest.raises(SystemExit):
         learn.fit_one_cycle(EPOCHS, LR, cbs=[Checkpoint(LR, every_steps=1), Kill(13)])
     resumed, _ = resume(syn, tmp_path, "center", drop_train_state=True)
-    assert not same(weights(resumed), reference["center"][0])
+    assert not same(weights(resumed), reference["center", "off"][0])
 
 
 class SignalAt(Callback):
@@ -182,7 +189,7 @@ def test_a_signal_writes_a_checkpoint_and_stops(
     assert {s: signal.getsignal(s) for s in before} == before  # handlers put back
     resumed, meta = resume(syn, tmp_path, "arcface")
     assert (meta["epoch"], meta["batch"]) == where
-    assert same(weights(resumed), reference["arcface"][0])
+    assert same(weights(resumed), reference["arcface", "off"][0])
 
 
 # -- the command line, in real processes ----------------------------------------------------

@@ -195,9 +195,13 @@ def halves_root(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def dls(halves_root):
-    return face_dls(halves_root, img_size=SIZE, bs=8, valid_pct=0.25, seed=1, num_workers=0)
+@pytest.fixture(scope="module", params=["off", "on"])
+def dls(halves_root, request):
+    """Both paths: per-image Albumentations (off) and preloaded + device augmentation (on)."""
+    return face_dls(
+        halves_root, img_size=SIZE, bs=8, valid_pct=0.25, seed=1, num_workers=0,
+        preload=request.param,
+    )  # fmt: skip
 
 
 def orientation(x: torch.Tensor, k: int) -> str:
@@ -264,14 +268,27 @@ def test_train_pipeline_flips_sometimes(dls):
     assert 0 < seen.count("flipped") < len(seen)
 
 
-def test_no_flip_when_hflip_is_zero(halves_root):
-    dls = face_dls(halves_root, img_size=SIZE, bs=8, valid_pct=0.25, seed=1, hflip=0, num_workers=0)
+@pytest.mark.parametrize("preload", ["off", "on"])
+def test_no_flip_when_hflip_is_zero(halves_root, preload):
+    dls = face_dls(
+        halves_root, img_size=SIZE, bs=8, valid_pct=0.25, seed=1, hflip=0, num_workers=0,
+        preload=preload,
+    )  # fmt: skip
     for xb, yb in dls.train:
         assert all(orientation(x, ident(dls, int(y))) == "plain" for x, y in zip(xb, yb))
 
 
 def test_resize_and_decode(dls):
-    big = face_dls(dls.report.root, img_size=16, bs=4, valid_pct=0.25, seed=1, num_workers=0)
+    kw = {"img_size": 16, "bs": 4, "valid_pct": 0.25, "seed": 1, "num_workers": 0}
+    pre = face_dls(dls.report.root, preload="on", **kw)
+    xb, _ = pre.one_batch()
+    assert xb.shape == (4, 3, 16, 16) and xb.dtype == torch.float32
+    back = pre.train.decode_batch(xb)
+    torch.testing.assert_close(back, (xb * 0.5 + 0.5).clamp(0, 1))
+    fig = pre.show_batch(max_n=4, ncols=2)  # fastai's dls.show_batch, on the preloaded path
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 4 and set(titles) <= set(pre.train_identities)
+    big = face_dls(dls.report.root, preload="off", **kw)
     xb, _ = big.one_batch()
     assert xb.shape == (4, 3, 16, 16)
     (tfm,) = [t for t in big.train.after_item.fs if isinstance(t, AlbumentationsTransform)]
@@ -369,10 +386,11 @@ def _epoch(dls, epoch: int, start_batch: int = 0) -> list[torch.Tensor]:
     return [x for x, _ in dls.train]
 
 
-def test_batches_are_functions_of_seed_and_epoch(halves_root):
-    """SeededDL: the batches of epoch e do not depend on the workers, on torch's generator
-    or on where the epoch started, only on (seed, e)."""
-    kw = {"img_size": SIZE, "bs": 4, "seed": 3, "extra_aug": JITTER}
+@pytest.mark.parametrize("preload", ["off", "on"])
+def test_batches_are_functions_of_seed_and_epoch(halves_root, preload):
+    """SeededDL and PreloadedDL: the batches of epoch e do not depend on the workers, on
+    torch's generator or on where the epoch started, only on (seed, e)."""
+    kw = {"img_size": SIZE, "bs": 4, "seed": 3, "extra_aug": JITTER, "preload": preload}
     ref = face_dls(halves_root, num_workers=0, **kw)
     first = _epoch(ref, 0)
     torch.manual_seed(999)  # what the model draws in between changes nothing

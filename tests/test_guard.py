@@ -111,3 +111,30 @@ def test_lr_find_is_left_alone():
 def test_bad_settings():
     with pytest.raises(ValueError):
         DivergenceGuard(factor=1.0)
+
+
+@pytest.mark.parametrize("every", [1, 4])
+def test_read_every_n_steps_judges_the_same_steps(every):
+    """Off the CPU the guard reads losses every N steps (one host sync, not one per step):
+    the same step is named, found at most N - 1 steps later."""
+    learn = learner(
+        LossTimes(6, 100.0), DivergenceGuard(factor=10, patience=3, warmup=4, every=every)
+    )
+    with pytest.raises(TrainingDiverged) as e:
+        learn.fit(3, 1e-3)
+    assert e.value.step == 8
+    learn = learner(GradTimes(), DivergenceGuard(every=every))
+    with pytest.raises(TrainingDiverged, match="gradient norm") as e:
+        learn.fit(2, 1e-3)
+    assert e.value.step == 3
+
+
+def test_a_checkpoint_is_written_only_after_the_guard_has_judged_every_step(tmp_path):
+    from fvloss.callbacks.checkpoint import Checkpoint
+
+    learn = learner(GradTimes(), DivergenceGuard(every=100))
+    learn.path, learn.model_dir = tmp_path, "checkpoints"
+    learn.dls.train.set_epoch = lambda epoch, start_batch=0: None  # allows mid-epoch saves
+    with pytest.raises(TrainingDiverged, match="gradient norm"):
+        learn.fit(2, 1e-3, cbs=[Checkpoint(1e-3, every_steps=5, every_minutes=0)])
+    assert not (tmp_path / "checkpoints" / "last.pth").exists()  # step 3 was bad: no save at 5

@@ -364,9 +364,9 @@ def test_pack_writes_insightface_layout(packed, tiny_synthetic):
 def test_face_dls_on_the_rec_matches_the_folder(packed, tiny_synthetic):
     from fvloss.data import face_dls
 
-    a = face_dls(tiny_synthetic, img_size=32, bs=8, num_workers=0)
+    a = face_dls(tiny_synthetic, img_size=32, bs=8, num_workers=0, preload="off")
     for root in (packed / "train.rec", packed):
-        b = face_dls(root, img_size=32, bs=8, num_workers=0, check="full")
+        b = face_dls(root, img_size=32, bs=8, num_workers=0, check="full", preload="off")
         assert (b.train_identities, b.valid_identities) == (a.train_identities, a.valid_identities)
         assert b.n_classes == a.n_classes and list(b.vocab) == list(a.vocab)
         assert b.report.n_images == a.report.n_images == 24
@@ -381,6 +381,16 @@ def test_face_dls_on_the_rec_matches_the_folder(packed, tiny_synthetic):
     for i in range(len(a.valid_ds)):
         assert np.array_equal(a.valid_ds[i][0], b.valid_ds[i][0])
     assert torch.equal(a.valid.one_batch()[0], b.valid.one_batch()[0])  # eval pipeline, no flips
+    # decoded once into memory (preload): the same images from the .rec as from the folder
+    pa, pb = (
+        face_dls(r, img_size=32, bs=8, num_workers=0, preload="on")
+        for r in (tiny_synthetic, packed)
+    )
+    assert torch.equal(pa.train.images, pb.train.images) and torch.equal(
+        pa.valid.images, pb.valid.images
+    )
+    # and the same as the per-image eval pipeline's (one Resize, one normalisation)
+    torch.testing.assert_close(pa.valid.one_batch()[0], a.valid.one_batch()[0], atol=1e-6, rtol=0)
 
 
 def test_face_dls_with_one_worker_over_the_rec(packed):

@@ -256,6 +256,9 @@ class Checkpoint(Callback):
         return self.learn.path / self.learn.model_dir / f"{LAST}.pth"
 
     def _save(self, epoch: int, batch: int, train_state: dict | None = None) -> None:
+        guard = getattr(self.learn, "divergence_guard", None)
+        if callable(getattr(guard, "flush", None)):
+            guard.flush()  # judge every step before this one first (raises if one failed)
         if getattr(self.learn, "diverging", False):
             return  # keep the last good checkpoint
         with timed(self.learn, "checkpoint"):  # (TimeBreakdown's share of the epoch)

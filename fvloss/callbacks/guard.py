@@ -51,16 +51,26 @@ class DivergenceGuard(Callback):
     order = 11
 
     def __init__(
-        self, factor: float = 10.0, patience: int = 20, warmup: int = 50, max_skipped: int = 20
+        self,
+        factor: float = 10.0,
+        patience: int = 20,
+        warmup: int = 50,
+        max_skipped: int = 20,
+        every: int | None = None,
     ):
-        if factor <= 1 or patience < 1 or warmup < 1 or max_skipped < 1:
-            raise ValueError("need factor > 1 and patience, warmup, max_skipped >= 1")
+        if factor <= 1 or patience < 1 or warmup < 1 or max_skipped < 1 or (every or 1) < 1:
+            raise ValueError("need factor > 1 and patience, warmup, max_skipped, every >= 1")
         self.factor, self.patience, self.warmup, self.max_skipped = (
             factor,
             patience,
             warmup,
             max_skipped,
         )
+        # Reading a loss on the host waits for the device: free on a CPU, a stall of the
+        # queue on a GPU. So off the CPU the losses and gradient norms stay on the device and
+        # are read every `every` steps (default 25), in one transfer, and judged in order; a
+        # checkpoint (Checkpoint calls flush) is only written after everything before it passed.
+        self.every = every
 
     def before_fit(self) -> None:
         self.active = not hasattr(self.learn, "lr_finder")
@@ -69,6 +79,9 @@ class DivergenceGuard(Callback):
         self.step = 0
         self.scale = None
         self.learn.diverging = False
+        dev = next(self.learn.model.parameters()).device
+        self._every = self.every or (1 if dev.type == "cpu" else 25)
+        self._pending: list = []  # (epoch, step, "loss" | "grad", value on the device), in order
 
     def state_dict(self) -> dict:
         """What a resumed run needs to judge its loss as the uninterrupted one would."""
@@ -80,7 +93,8 @@ class DivergenceGuard(Callback):
         self.step, self.scale = state["step"], state["scale"]
         self.learn.diverging = self.high > 0
 
-    def _stop(self, reason: str, value: float) -> None:
+    def _stop(self, reason: str, value: float, at: tuple[int, int] | None = None) -> None:
+        epoch, step = at or (self.learn.epoch, self.step)
         lr = self.learn.opt.hypers[-1].get("lr") if self.learn.opt is not None else None
         hint = (
             f"Try a lower learning rate (this step's was {lr:.3g})" if lr else "Try a lower lr"
@@ -91,7 +105,7 @@ class DivergenceGuard(Callback):
             if ckpt.is_file()
             else "No model.pth was written, and no epoch had finished (no checkpoint)"
         )
-        raise TrainingDiverged(reason, self.learn.epoch, self.step, value, hint)
+        raise TrainingDiverged(reason, epoch, step, value, hint)
 
     def _scaler(self):
         return getattr(self.learn, "scaler", None)  # fastai's MixedPrecision (fp16) sets it
@@ -99,9 +113,31 @@ class DivergenceGuard(Callback):
     def after_loss(self) -> None:
         if not (self.active and self.training):
             return
-        loss = float(self.learn.loss.detach())  # the Recorder reads it too: no extra sync
+        self._pending.append((self.learn.epoch, self.step, "loss", self.learn.loss.detach()))
+        if self._every == 1:
+            self.flush()
+
+    def flush(self) -> None:
+        """Judge the losses and gradient norms not judged yet (one host transfer); raises
+        :class:`TrainingDiverged` at the first that breaks a rule."""
+        if not self._pending:
+            return
+        todo, self._pending = self._pending, []
+        values = torch.stack([t.float().reshape(()) for *_, t in todo]).tolist()
+        for (epoch, step, kind, _), v in zip(todo, values, strict=True):  # in the order of steps
+            if kind == "loss":
+                self._judge_loss(v, (epoch, step))
+            elif not math.isfinite(v):
+                self._stop(
+                    f"the gradient norm was {v} (read every {self._every} steps on this "
+                    "device: the steps since were taken, and are in no checkpoint)",
+                    v,
+                    (epoch, step),
+                )
+
+    def _judge_loss(self, loss: float, at: tuple[int, int]) -> None:
         if not math.isfinite(loss):
-            self._stop(f"the loss is {loss}", loss)
+            self._stop(f"the loss is {loss}", loss, at)
         if len(self.early) < self.warmup:
             self.early.append(loss)
         # The early level: the lower of the first step's loss (an untrained model's, ~ln C for
@@ -116,6 +152,7 @@ class DivergenceGuard(Callback):
                 f"the loss ({loss:.4g}) stayed above {self.factor:g} x its early level "
                 f"({level:.4g}) for {self.patience} steps",
                 loss,
+                at,
             )
 
     def after_backward(self) -> None:
@@ -123,7 +160,11 @@ class DivergenceGuard(Callback):
             return
         grads = [p.grad for p in self.learn.model.parameters() if p.grad is not None]
         if grads:
-            norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))))
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            if self._every > 1:  # judged at the next flush
+                self._pending.append((self.learn.epoch, self.step, "grad", norm))
+                return
+            norm = float(norm)
             if not math.isfinite(norm):
                 self._stop(f"the gradient norm is {norm} (the step was not taken)", norm)
 
@@ -141,12 +182,15 @@ class DivergenceGuard(Callback):
         self.trained = True
         if not self.active:
             return
+        self.flush()
         for name, t in self.learn.model.state_dict().items():
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
                 self._stop(f"{name} holds non-finite values after the epoch's training", math.nan)
 
     def after_step(self) -> None:
         self.step += 1
+        if self._every > 1 and self.step % self._every == 0:
+            self.flush()
         scaler = self._scaler()
         if not (self.active and scaler is not None and scaler.is_enabled()):
             return

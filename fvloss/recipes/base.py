@@ -123,9 +123,11 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     dls = face_dls(
         data, img_size=cfg.img_size, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, hflip=cfg.hflip,
         mean=cfg.mean, std=cfg.std, extra_aug=cfg.extra_aug, check=cfg.check, skip_bad=cfg.skip_bad,
-        num_workers=None if cfg.workers < 0 else cfg.workers,
+        num_workers=None if cfg.workers < 0 else cfg.workers, preload=cfg.preload,
+        preload_share=cfg.preload_share,
     )  # fmt: skip
     _log(f"data ({data_name}): {dls.report.summary()}")
+    _log(f"training images: {dls.pipeline}")
     _log(f"split by identity: {dls.n_classes} training identities ({len(dls.train_ds)} images), "
          f"{len(dls.valid_identities)} validation identities ({len(dls.valid_ds)} images) for verification")  # fmt: skip
 
@@ -135,7 +137,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
         head_kwargs=cfg.head_kwargs, center_lam=cfg.center_lam, center_alpha=cfg.center_alpha,
         margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
-        val_pairs=cfg.val_pairs or None, val_seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last, cbs=list(pair_cbs.values()),
+        val_pairs=cfg.val_pairs or None, val_seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last, compile=cfg.compile, cbs=list(pair_cbs.values()),
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
     if not cfg.progress:  # logs and CI: one plain line per epoch instead of redrawn bars
@@ -152,7 +154,9 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     if mp_cb is not None:
         learn.add_cb(mp_cb)
     if cfg.guard:
-        learn.add_cb(DivergenceGuard(cfg.guard_factor, cfg.guard_patience, cfg.guard_warmup))
+        learn.add_cb(DivergenceGuard(
+            cfg.guard_factor, cfg.guard_patience, cfg.guard_warmup, every=cfg.guard_every or None
+        ))  # fmt: skip
     _log(f"device {dls.device}; precision: {why}")
 
     start_epoch, lr, resume = 0, cfg.lr, None
@@ -209,7 +213,9 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         images_per_s=round(n_seen / fit_s, 1) if fit_s > 0 else None,
         wall_time_s=round(time.time() - t_start, 1), torch=torch.__version__,
         time_breakdown=learn.time_breakdown.summary() if trained else {},
-        data_report={k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
+        data_report={**{k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
+                     "n_train_images": len(dls.train_ds), "n_valid_images": len(dls.valid_ds),
+                     "pipeline": dls.pipeline},
     )  # fmt: skip
     for name, cb in pair_cbs.items():
         if cb.last is None:

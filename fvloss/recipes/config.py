@@ -58,6 +58,8 @@ class Config:
     check: str = "quick"  # quick | full | none: vetting of image files before training
     skip_bad: bool = False  # skip (and report) unreadable files instead of stopping
     workers: int = -1  # DataLoader workers; -1: fastai's default (the number of CPUs)
+    preload: str = "auto"  # auto | on | off: decode once into RAM, augment on the device
+    preload_share: float = 0.25  # ... (auto) when the uint8 images fit in this share of free RAM
     # optimisation
     bs: int = 64
     epochs: int = 10
@@ -67,12 +69,14 @@ class Config:
     schedule: str = "one_cycle"  # one_cycle | flat
     precision: str = "auto"  # auto | fp32 | fp16 | bf16
     channels_last: bool = True
+    compile: bool = False  # torch.compile the body (slower on the 2-core CPU measured)
     threads: int = -1  # torch intra-op threads; -1: torch's default (all cores). Set 1 when
     # other jobs share the cores: 2 threads there thrash (bench/results, cpu_defaults)
     guard: bool = True  # stop a diverging run (fvloss.callbacks.guard), exit status 3
     guard_factor: float = 10.0  # ... when the loss stays above factor x its early median
     guard_patience: int = 20  # ... for this many steps in a row
     guard_warmup: int = 50  # the early median is of the first this-many steps
+    guard_every: int = 0  # read the loss every N steps; 0: every step on a CPU, 25 on a GPU
     seed: int = 42  # drives every random draw: init, shuffling, augmentation, split, pairs
     deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic
     # evaluation
