@@ -348,6 +348,7 @@ def face_dls(
     index: IdentityIndex | None = None,
     preload: str = "auto",
     preload_share: float = 0.25,
+    channels_last: bool = False,
 ) -> DataLoaders:
     """Training / validation ``DataLoaders`` for an identity folder, split by identity.
 
@@ -387,7 +388,7 @@ def face_dls(
         dls = preloaded_dls(
             index.items, index.labels, read, train_ids + valid_ids, len(train_ids), img_size, use,
             bs=bs, seed=seed, num_workers=(os.cpu_count() or 0) if num_workers is None else num_workers,
-            device=device,
+            device=device, channels_last=channels_last,
         )  # fmt: skip
         return _describe(dls, train_ids, valid_ids, index, why)
     train_set = set(train_ids)

@@ -179,17 +179,18 @@ def preloaded_dls(
     seed: int = 0,
     num_workers: int = 0,
     device: torch.device | str | None = None,
+    channels_last: bool = False,
 ) -> DataLoaders:
     """Training and validation :class:`PreloadedDL` over ``items``: label ``vocab.index(lab)``,
     the first ``n_train_ids`` identities of ``vocab`` training, the rest validation."""
     code = {name: i for i, name in enumerate(vocab)}
     y = torch.tensor([code[lab] for lab in labels], dtype=torch.long)
     images = preload_images(items, read, img_size, num_workers)
-    train = y < n_train_ids
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and images.nbytes < 0.25 * torch.cuda.mem_get_info(device)[0]:
         # on the GPU itself: a batch is then an index into device memory, with no host copy
         images, y = images.to(device), y.to(device)
+    train = y < n_train_ids
     dls = []
     for mask, is_train in ((train, True), (~train, False)):
         dls.append(
@@ -202,6 +203,7 @@ def preloaded_dls(
                 seed=seed,
                 device=device,
                 vocab=list(vocab),
+                channels_last=channels_last,
             )  # fmt: skip
         )
     out = DataLoaders(*dls, device=device)

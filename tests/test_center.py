@@ -57,6 +57,17 @@ def test_center_update_by_hand():
     np.testing.assert_allclose(centers.numpy(), expected, rtol=1e-6)
 
 
+def test_center_update_leaves_invalid_samples_out():
+    """valid=False rows (non-finite features of a skipped fp16 step) count as absent."""
+    feats = torch.tensor([*FEATS, [float("nan"), 1.0], [float("inf"), 0.0]])
+    target = torch.tensor([*TARGET, 0, 2])
+    ok = torch.isfinite(feats).all(1)
+    a, b = torch.tensor(CENTERS0), torch.tensor(CENTERS0)
+    center_update(a, feats, target, 0.5, valid=ok)
+    center_update(b, torch.tensor(FEATS), torch.tensor(TARGET), 0.5)
+    assert torch.equal(a, b)
+
+
 def test_center_update_alpha_one_single_sample():
     # alpha=1, one sample: c <- c - (c - x)/2, halfway to x
     centers = torch.tensor([[2.0, -2.0], [9.0, 9.0]])

@@ -220,9 +220,12 @@ def test_an_explicit_run_dir_that_holds_a_run_is_not_overwritten(syn, tmp_path, 
 
 
 def test_bad_input_is_one_line_naming_the_problem(tmp_path, capsys):
-    assert softmax.main(["--data", str(tmp_path / "nowhere"), "--progress", "false"]) == 2
+    out = tmp_path / "runs"
+    args = ["--data", str(tmp_path / "nowhere"), "--progress", "false", "--out", str(out)]
+    assert softmax.main(args) == 2
     err = capsys.readouterr().err
     assert "nowhere" in err and "not found" in err
+    assert list(out.iterdir()) == []  # a run that wrote nothing leaves no empty folder
 
 
 def cfp_from_synthetic(syn: Path, root: Path) -> Path:

@@ -25,14 +25,24 @@ def center_loss_term(
 
 @torch.no_grad()
 def center_update(
-    centers: torch.Tensor, feats: torch.Tensor, target: torch.Tensor, alpha: float
+    centers: torch.Tensor,
+    feats: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float,
+    valid: torch.Tensor | None = None,
 ) -> None:
     """The paper's rule, in place: ``c_j <- c_j - alpha * delta_c_j`` with
-    ``delta_c_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; classes absent from the batch stay put."""
+    ``delta_c_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; classes absent from the batch stay put.
+    ``valid`` (bool per sample) leaves the others out, e.g. non-finite features. Written with
+    ``index_add_`` and ``where`` only: no step waits for the device (``bincount`` or boolean
+    indexing would, to learn an output size)."""
     feats = feats.float()
-    n = torch.bincount(target, minlength=centers.shape[0]).to(centers.dtype)
+    w = torch.ones_like(target, dtype=centers.dtype) if valid is None else valid.to(centers.dtype)
+    n = torch.zeros(centers.shape[0], dtype=centers.dtype, device=centers.device)
+    n.index_add_(0, target, w)
     # sum_{i: y_i=j} (c_j - x_i) = n_j * c_j - sum_{i: y_i=j} x_i
-    sum_x = torch.zeros_like(centers).index_add_(0, target, feats)
+    x = feats if valid is None else torch.where(valid[:, None], feats, 0.0)
+    sum_x = torch.zeros_like(centers).index_add_(0, target, x)
     delta = (n[:, None] * centers - sum_x) / (1.0 + n[:, None])
     centers.sub_(alpha * delta)
 
@@ -137,10 +147,9 @@ class CenterLoss(Callback):
             return
         # with gradient accumulation, one real step covers every batch since the last one
         feats, target = (torch.cat(t) for t in zip(*self._pending, strict=True))
-        ok = torch.isfinite(feats).all(
-            dim=1
-        )  # a batch whose step the grad scaler skipped may hold inf/NaN
-        center_update(self.centers, feats[ok], target[ok], self.alpha)
+        # a batch whose step the grad scaler skipped may hold inf/NaN: those samples stay out
+        ok = torch.isfinite(feats).all(dim=1)
+        center_update(self.centers, feats, target, self.alpha, valid=ok)
         self._pending.clear()
 
     def after_batch(self) -> None:

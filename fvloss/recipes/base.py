@@ -55,7 +55,22 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
         return _run(cfg, source, locks)
     finally:
         for lock in locks:
+            empty = _only_lock(lock.path.parent)
+            if empty:  # a run that stopped before writing anything leaves no empty folder
+                lock.path.unlink(missing_ok=True)  # while still held: no one else takes it
             lock.release()
+            if empty:
+                try:
+                    lock.path.parent.rmdir()
+                except OSError:
+                    pass
+
+
+def _only_lock(run_dir: Path) -> bool:
+    try:
+        return [p.name for p in run_dir.iterdir()] == [".lock"]
+    except OSError:
+        return False
 
 
 def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
@@ -124,7 +139,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         data, img_size=cfg.img_size, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, hflip=cfg.hflip,
         mean=cfg.mean, std=cfg.std, extra_aug=cfg.extra_aug, check=cfg.check, skip_bad=cfg.skip_bad,
         num_workers=None if cfg.workers < 0 else cfg.workers, preload=cfg.preload,
-        preload_share=cfg.preload_share,
+        preload_share=cfg.preload_share, channels_last=cfg.channels_last,
     )  # fmt: skip
     _log(f"data ({data_name}): {dls.report.summary()}")
     _log(f"training images: {dls.pipeline}")
