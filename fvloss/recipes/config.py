@@ -57,7 +57,7 @@ class Config:
     valid_pct: float = 0.1  # of the identities, held out for verification
     check: str = "quick"  # quick | full | none: vetting of image files before training
     skip_bad: bool = False  # skip (and report) unreadable files instead of stopping
-    workers: int = -1  # DataLoader workers; -1: fastai's default (the number of CPUs)
+    workers: int = -1  # DataLoader workers; -1: 0 on <= 2 cores (measured faster), else the CPUs
     preload: str = "auto"  # auto | on | off: decode once into RAM, augment on the device
     preload_share: float = 0.25  # ... (auto) when the uint8 images fit in this share of free RAM
     # optimisation
