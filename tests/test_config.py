@@ -44,11 +44,12 @@ def test_synthetic_layer_only_without_data():
 
 
 def test_precedence(tmp_path):
-    toml = write(tmp_path / "exp.toml", 'loss = "cosface"\nimg_size = 48\nepochs = 7\nbs = 32\n')
+    toml = write(tmp_path / "exp.toml", "img_size = 48\nepochs = 7\nbs = 32\ncosface_m = 0.3\n")
     recipe = {"loss": "arcface", "bs": 16, "emb_dim": 64}
     # recipe < synthetic (no data) < TOML < flags
     cfg, source = resolve_config(["--config", str(toml), "--epochs", "3"], recipe)
-    assert cfg.loss == "cosface" and source["loss"] == "config"  # TOML beats recipe
+    assert cfg.loss == "arcface" and source["loss"] == "recipe"
+    assert cfg.cosface_m == 0.3 and source["cosface_m"] == "config"  # TOML beats default
     assert cfg.img_size == 48 and source["img_size"] == "config"  # TOML beats synthetic
     assert cfg.epochs == 3 and source["epochs"] == "flags"  # flag beats TOML
     assert cfg.bs == 32  # TOML beats recipe
@@ -197,6 +198,22 @@ def test_shipped_recipes_build_their_augmentation(path):
     tfm = train_pipeline(cfg.img_size, hflip=cfg.hflip, extra=cfg.extra_aug)
     out = tfm(image=np.full((112, 112, 3), 128, np.uint8))["image"]
     assert out.shape == (cfg.img_size, cfg.img_size, 3)
+
+
+def test_a_recipe_and_a_file_naming_another_loss_is_an_error(tmp_path):
+    """python -m fvloss.recipes.arcface --config celeba64_softmax.toml silently trained softmax."""
+    toml = write(tmp_path / "softmax.toml", 'loss = "softmax"\n')
+    with pytest.raises(
+        ValueError, match=r"trains arcface, but the experiment file says loss = 'softmax'"
+    ):
+        resolve_config(
+            ["--config", str(toml)], {"loss": "arcface"}, prog="python -m fvloss.recipes.arcface"
+        )
+    with pytest.raises(ValueError, match="--loss says loss = 'center'"):
+        resolve_config(["--loss", "center"], {"loss": "arcface"})
+    # the same loss, or no recipe (fvloss train), is fine
+    assert resolve_config(["--config", str(toml)], {"loss": "softmax"})[0].loss == "softmax"
+    assert resolve_config(["--config", str(toml), "--loss", "center"])[0].loss == "center"
 
 
 def test_celeba64_losses_differ_only_in_the_cost_function():

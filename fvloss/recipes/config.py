@@ -180,6 +180,21 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     return ap
 
 
+def _no_loss_clash(recipe: dict, toml: dict, flags: dict, prog: str) -> None:
+    """A recipe module names its cost function; an experiment file or flag naming another is an
+    error, not a silent switch (``python -m fvloss.recipes.arcface --config
+    recipes/celeba64_softmax.toml`` used to train softmax)."""
+    mine = recipe.get("loss")
+    for where, d in (("the experiment file", toml), ("--loss", flags)):
+        other = d.get("loss")
+        if mine is not None and other is not None and other != mine:
+            raise ValueError(
+                f"{prog} trains {mine}, but {where} says loss = {other!r}: run "
+                f"`python -m fvloss.recipes.{other}` or `fvloss train --loss {other}` instead, "
+                "or leave loss out of it"
+            )
+
+
 def resolve_config(
     argv: list[str] | None, recipe: dict[str, Any] | None = None, prog: str = "fvloss train"
 ) -> tuple[Config, dict[str, Any]]:
@@ -191,6 +206,7 @@ def resolve_config(
     if args.get("data", toml.get("data")) is None:
         layers.append(("synthetic", SYNTHETIC_OVERRIDES))
     layers += [("config", toml), ("flags", args)]
+    _no_loss_clash(recipe or {}, toml, args, prog)
     values: dict[str, Any] = {}
     source: dict[str, str] = {}
     for src, d in layers:
