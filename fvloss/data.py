@@ -34,7 +34,7 @@ from fastai.data.transforms import (
     IndexSplitter,  # noqa: E402
     Transform,  # noqa: E402
 )
-from fastai.torch_core import TensorImage  # noqa: E402
+from fastai.torch_core import TensorImage, default_device  # noqa: E402
 
 from .imageio import IMAGE_EXTENSIONS, ImageReadError, check_image, read_rgb  # noqa: E402
 from .recordio import (  # noqa: E402
@@ -410,8 +410,7 @@ def face_dls(
     )
     kw: dict[str, Any] = {"bs": bs, "device": device}
     kw["num_workers"] = default_workers() if num_workers is None else num_workers
-    dev = torch.device(device) if device is not None else None
-    if (dev or torch.device("cuda" if torch.cuda.is_available() else "cpu")).type == "cuda":
+    if (torch.device(device) if device is not None else default_device()).type == "cuda":
         # page-locked batches copy to the GPU asynchronously. (Workers are not persistent:
         # fastai hands each epoch's order to workers when they start; restarting them costs
         # ~0.1 s an epoch here, bench/data_pipeline.py's "first batch s".)

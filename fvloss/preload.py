@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
+from fastai.torch_core import default_device
 from fastcore.basics import chunked
 
 from .device_aug import DeviceAugment
@@ -98,7 +99,8 @@ class PreloadedDL(EpochOrder, DataLoader):
     ):
         self.images, self.labels, self.augment, self.train = images, labels, augment, train
         self.vocab = vocab
-        self.seed, self.epoch, self.start_batch, self._batch = int(seed), 0, 0, 0
+        self._init_order(seed)
+        self._batch = 0
         self.channels_last = channels_last
         super().__init__(
             dataset=range(len(images)), bs=bs, shuffle=train, drop_last=train, num_workers=0,
@@ -186,7 +188,7 @@ def preloaded_dls(
     code = {name: i for i, name in enumerate(vocab)}
     y = torch.tensor([code[lab] for lab in labels], dtype=torch.long)
     images = preload_images(items, read, img_size, num_workers)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device) if device is not None else default_device()  # as fastai's
     if device.type == "cuda" and images.nbytes < 0.25 * torch.cuda.mem_get_info(device)[0]:
         # on the GPU itself: a batch is then an index into device memory, with no host copy
         images, y = images.to(device), y.to(device)

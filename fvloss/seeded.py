@@ -52,6 +52,9 @@ class EpochOrder:
     epoch: int = 0
     start_batch: int = 0
 
+    def _init_order(self, seed: int) -> None:
+        self.seed, self.epoch, self.start_batch = int(seed), 0, 0
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Serve epoch ``epoch`` from batch ``start_batch`` on (like PyTorch's
         ``DistributedSampler.set_epoch``; the start is for resuming mid-epoch)."""
@@ -72,7 +75,7 @@ class SeededDL(EpochOrder, TfmdDL):
     ``(seed, epoch, item)`` (module docstring). ``face_dls`` builds its loaders with it."""
 
     def __init__(self, dataset=None, seed: int = 0, **kwargs):
-        self.seed, self.epoch, self.start_batch = int(seed), 0, 0
+        self._init_order(seed)
         self._seeded: list | None = None
         super().__init__(dataset, **kwargs)
 

@@ -4,9 +4,11 @@ A diverging run otherwise trains on to a loss of 1e13, scores near-chance verifi
 ``model.pth`` and exits 0. :class:`DivergenceGuard` stops it instead, by a stated rule:
 
 * a non-finite loss, at once;
-* non-finite gradients, at once and *before* the optimizer step (so the weights it leaves are
-  the last good ones) — except under fp16 grad scaling, where an overflow is the scaler's
-  business: the step is skipped and the scale lowered;
+* non-finite gradients: on a CPU at once and *before* the optimizer step (so the weights it
+  leaves are the last good ones); off the CPU, where reading a value waits for the device,
+  losses and gradient norms are read every ``every`` steps (default 25) and judged in order,
+  and no checkpoint is written before they are; under fp16 grad scaling an overflow is the
+  scaler's business instead: the step is skipped and the scale lowered;
 * under fp16 grad scaling, ``max_skipped`` skipped steps in a row;
 * the loss above ``factor`` x its early level (the lower of the first step's loss and the
   median of the first ``warmup`` steps' losses) for ``patience`` steps in a row;
