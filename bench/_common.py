@@ -388,7 +388,7 @@ class PlainStep:
         import torch
 
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp is not None):
-            loss = self.model.head.loss(self.model(xb), yb)
+            loss = self.model.head(self.model(xb), yb)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)

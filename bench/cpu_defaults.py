@@ -64,7 +64,7 @@ class Variant:
     def step(self, xb, yb) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             out = self.fwd(xb)
-            loss = self.model.head.loss(out, yb)
+            loss = self.model.head(out, yb)
         loss.backward()
         self.opt.step()
         self.opt.zero_grad()

@@ -95,7 +95,7 @@ def child_step(size: int, bf16: bool, bs: int, learner: bool) -> dict:
         reset_peak_rss()
         for i, (xb, yb) in enumerate(batches):
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = model.head.loss(model(xb), yb)
+                loss = model.head(model(xb), yb)
             loss.backward()
             opt.step()
             opt.zero_grad()
@@ -129,7 +129,7 @@ def child_head(kind: str, n_classes: int, dim: int, bs: int) -> dict:
     for _ in range(2):
         t = time.perf_counter()
         e = emb.clone().requires_grad_()
-        loss = head.loss(head(e), y)
+        loss = head(e, y)
         loss.backward()
         opt.step()
         opt.zero_grad()

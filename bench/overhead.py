@@ -64,6 +64,7 @@ from fvloss.model import EmbeddingNet, FaceNet, register_arch  # noqa: E402
 N_CLASSES = 269  # CelebA-wild's training identities (299 minus 10% held out)
 HEAD_KW = {"softmax": {}, "center": {}, "arcface": {"s": 64.0, "m": 0.5}}
 CENTER_LAM, CENTER_ALPHA = 0.003, 0.5
+CENTER_KW = {"softmax": {}, "arcface": {}, "center": {"lam": CENTER_LAM, "alpha": CENTER_ALPHA}}
 LR = 1e-3
 
 
@@ -148,8 +149,7 @@ class LearnerSide:
         dls._device = self.device  # fastai's TrainEvalCallback moves the model there
         self.clock = StepClock(self.device)
         self.learn = face_learner(
-            dls, loss=loss, arch=arch, n_classes=N_CLASSES, head_kwargs=HEAD_KW[loss],
-            center_lam=CENTER_LAM, center_alpha=CENTER_ALPHA, val_pairs=None, opt_func=opt_func,
+            dls, loss=loss, arch=arch, n_classes=N_CLASSES, settings={**HEAD_KW[loss], **CENTER_KW[loss]}, val_pairs=None, opt_func=opt_func,
             channels_last=channels_last, cbs=[self.clock],
         )  # fmt: skip
         self.learn.model.to(self.device)
@@ -170,7 +170,7 @@ class LearnerSide:
 
 
 class PlainSide:
-    """The hand-written loop: same FaceNet + head, ``head.loss`` (+ the center term and update),
+    """The hand-written loop: same FaceNet + head, ``head(emb, y)`` (+ the center term and update),
     ``torch.optim.Adam``, the same batches and autocast (+ GradScaler for fp16, as fastai's
     MixedPrecision)."""
 
@@ -200,8 +200,7 @@ class PlainSide:
         for xb, yb in self.batches:
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.amp is not None):
                 emb = model.embedder(xb)
-                logits = head(emb)
-                loss = head.loss(logits.float(), yb)
+                loss = head(emb, yb)
             if self.center:
                 loss = loss + CENTER_LAM * center_loss_term(emb, self.centers, yb)
             if scaler is not None:

@@ -391,7 +391,7 @@ def face_dls(
             bs=bs, seed=seed, num_workers=(os.cpu_count() or 0) if num_workers is None else num_workers,  # decoding
             device=device, channels_last=channels_last,
         )  # fmt: skip
-        return _describe(dls, train_ids, valid_ids, index, why)
+        return _describe(dls, train_ids, valid_ids, index, why, img_size)
     train_set = set(train_ids)
     valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
     block = DataBlock(
@@ -417,7 +417,7 @@ def face_dls(
         kw["pin_memory"] = True
     # SeededDL: shuffle and augmentation are functions of (seed, epoch, image), see fvloss.seeded
     dls = block.dataloaders(index.items, dl_type=SeededDL, seed=seed, **kw)
-    return _describe(dls, train_ids, valid_ids, index, why)
+    return _describe(dls, train_ids, valid_ids, index, why, img_size)
 
 
 def default_workers() -> int:
@@ -430,8 +430,8 @@ def default_workers() -> int:
     return 0 if (os.cpu_count() or 1) <= 2 else int(defaults.cpus)
 
 
-def _describe(dls, train_ids, valid_ids, index, pipeline: str) -> DataLoaders:
-    dls.n_classes = len(train_ids)
+def _describe(dls, train_ids, valid_ids, index, pipeline: str, img_size: int) -> DataLoaders:
+    dls.n_classes, dls.img_size = len(train_ids), img_size
     dls.train_identities, dls.valid_identities = train_ids, valid_ids
     dls.report, dls.pipeline = index.report, pipeline
     return dls

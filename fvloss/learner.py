@@ -11,59 +11,60 @@ import torch
 from fastai.callback.core import Callback
 from fastai.learner import Learner, Recorder
 from fastai.optimizer import Adam
+from fastcore.foundation import L
 
-from .callbacks.center import CenterLoss
 from .callbacks.margin import MarginSchedule
 from .callbacks.timing import TimeBreakdown
 from .eval.callback import HeldOutPairs, VerifyPairs
-from .heads import Head, MarginHead, make_head
+from .heads import LOSSES, loss_spec
 from .model import EmbeddingNet, FaceNet
 from .seeded import SetEpoch
 
-__all__ = ["face_learner", "FaceLoss", "HideValidLoss", "LOSSES"]
-
-LOSSES = ("softmax", "center", "arcface", "cosface")
+__all__ = ["face_learner", "FaceLearner", "FaceRecorder", "LOSSES"]
 
 
-class FaceLoss:
-    """The Learner's loss: the head's loss on training batches.
+class FaceRecorder(Recorder):
+    """fastai's Recorder for a learner whose validation set holds held-out identities: no
+    ``valid_loss`` column (those identities are not classes of the head: there is no loss to
+    average), so the table shows ``train_loss`` and the verification metrics. Everything else,
+    and ``learn.recorder``, as fastai's."""
 
-    In eval mode ``FaceNet`` returns embeddings and the validation identities are not classes
-    of the head, so there is no classification loss to compute; validation reports verification
-    metrics instead (see :class:`HideValidLoss`). A class rather than a lambda so that
-    ``learn.export`` can pickle it.
-    """
-
-    def __init__(self, head: Head):
-        self.head = head
-
-    def __call__(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if not self.head.training:
-            return pred.new_zeros(())
-        return self.head.loss(pred, target)
-
-
-class HideValidLoss(Callback):
-    """Drops fastai's ``valid_loss`` column, which means nothing for a held-out-identity split,
-    so the progress table shows train_loss and the verification metrics."""
-
-    order = Recorder.order + 1  # after the Recorder has built its names / appended its values,
-    # before ProgressCallback (60) prints the header
+    @property
+    def name(self) -> str:
+        return "recorder"  # what fastai's pieces (progress bar, lr_find, plots) look up
 
     def before_fit(self) -> None:
-        names = list(self.recorder.metric_names)
-        if "valid_loss" in names:
-            names.remove("valid_loss")
-            self.recorder.metric_names = type(self.recorder.metric_names)(names)
+        super().before_fit()
+        self.metric_names = L(n for n in self.metric_names if n != "valid_loss")
 
-    def before_validate(self) -> None:
-        self._n = len(self.recorder.log)
+    @property
+    def _valid_mets(self) -> L:
+        return L(m for m in super()._valid_mets if m is not self.loss)
 
-    def after_validate(self) -> None:
-        log = list(self.recorder.log)
-        if self.recorder.valid_metrics and len(log) > self._n:
-            del log[self._n]  # the Recorder appends the valid loss first, then the metrics
-            self.recorder.log = type(self.recorder.log)(log)
+
+class FaceLearner(Learner):
+    """A ``Learner`` whose model returns embeddings and whose ``loss_func`` is the head.
+
+    With ``held_out=True`` (face_dls's identity split) validation batches are embedded, never
+    classified: the head is not called on identities it has no class for. Their embeddings
+    (``learn.pred``) feed the verification metrics; ``get_preds()`` returns them. With
+    ``held_out=False`` (validation images of the training identities) fastai's loop runs as is
+    and ``valid_loss`` is the head's loss.
+    """
+
+    def __init__(self, *args: Any, held_out: bool = True, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.held_out = held_out
+        if held_out:
+            self.remove_cb(Recorder)
+            self.add_cb(FaceRecorder(train_metrics=False, valid_metrics=True))
+
+    def _do_one_batch(self) -> None:
+        if self.training or not self.held_out:
+            return super()._do_one_batch()
+        self.pred = self.model(*self.xb)
+        self("after_pred")
+        self("after_loss")  # no loss, but callbacks keep their event order
 
 
 def face_learner(
@@ -73,70 +74,81 @@ def face_learner(
     emb_dim: int = 128,
     pretrained: bool = False,
     dropout: float = 0.0,
-    head_kwargs: dict[str, Any] | None = None,
-    center_lam: float = 0.003,
-    center_alpha: float = 0.5,
+    settings: dict[str, Any] | None = None,
     margin_hold: float = 0.0,
     margin_warmup: float = 0.0,
     n_classes: int | None = None,
+    img_size: int | None = None,
     val_pairs: int | None = 3000,
     val_seed: int = 0,
     opt_func: Callable = Adam,
     wd: float = 0.0,
     channels_last: bool = True,
     compile: bool = False,
+    held_out: bool | None = None,
     cbs: list[Callback] | None = None,
     metrics: list | None = None,
     **kwargs: Any,
-) -> Learner:
+) -> FaceLearner:
     """A ``Learner`` that trains ``EmbeddingNet(arch, emb_dim)`` with the cost function ``loss``.
 
     Args:
         dls: ``DataLoaders`` from :func:`fvloss.data.face_dls` (or any with integer labels;
             then pass ``n_classes``).
-        loss: ``"softmax"``, ``"center"`` (softmax + :class:`CenterLoss`), ``"arcface"``,
-            ``"cosface"``.
-        head_kwargs: passed to the head, e.g. ``{"s": "auto", "m": 0.5}`` for ArcFace.
+        loss: a registered loss (:data:`LOSSES`: ``"softmax"``, ``"center"``, ``"arcface"``,
+            ``"cosface"``, ``"adaface"`` ...); its head is ``learn.model.head`` and
+            ``learn.loss_func``, its callbacks (center loss's) are added.
+        arch: a registered body (:data:`fvloss.bodies.BODIES`) or ``"timm:NAME"``.
+        settings: the loss's settings over its defaults, e.g. ``{"s": "auto", "m": 0.5}`` for
+            ArcFace (``fvloss.heads.loss_spec(loss).settings`` lists them); an unknown key is
+            an error.
+        img_size: the input size, for bodies whose features are a flattened map (IR-ResNet,
+            MobileFaceNet); default ``dls.img_size`` (face_dls), else 112.
         val_pairs: verification pairs drawn from the validation identities every epoch (AUC,
             10-fold accuracy, TAR@FAR, EER in the progress table); ``None`` to skip.
         val_seed: the seed of that draw (the recipes pass the run's seed).
-        margin_hold, margin_warmup: ArcFace/CosFace margin schedule as fractions of training
+        margin_hold, margin_warmup: the margin schedule of heads with a rampable ``m``
             (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
         channels_last: NHWC weights, faster for convolutions on CPU and tensor cores.
         compile: ``torch.compile`` the body in place (its weights keep their names, so
             checkpoints and ``model.pth`` do not change). Measured slower on this project's
             2-core CPU (0.87-0.93x eager, ``bench/cpu_defaults.py``): off by default.
+        held_out: whether the validation identities are others than the training ones (then
+            validation embeds without a loss; see :class:`FaceLearner`); default: True for
+            face_dls's identity split (``dls.valid_identities``), else False.
 
-    In eval mode ``learn.model`` returns embeddings: ``learn.get_preds()`` embeds a DataLoader.
+    ``learn.model`` returns embeddings in every mode: ``learn.get_preds()`` embeds a DataLoader.
     """
-    if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; choose one of {LOSSES}")
+    spec = loss_spec(loss)
     n_classes = n_classes or getattr(dls, "n_classes", None) or dls.c
-    head = make_head(loss, emb_dim, n_classes, **(head_kwargs or {}))
-    model = FaceNet(EmbeddingNet(arch, emb_dim, pretrained=pretrained, dropout=dropout), head)
+    head, loss_cbs = spec.build(emb_dim, n_classes, settings)
+    img_size = img_size or getattr(dls, "img_size", None) or 112
+    embedder = EmbeddingNet(
+        arch, emb_dim, pretrained=pretrained, dropout=dropout, img_size=img_size
+    )
+    model = FaceNet(embedder, head)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     if compile:
         model.embedder.compile()
     # epoch e's shuffle and augmentation (fvloss.seeded); where each epoch's seconds go
-    cbs = [SetEpoch(), TimeBreakdown(), *(cbs or [])]
-    if loss == "center":
-        cbs.append(CenterLoss(n_classes, emb_dim, lam=center_lam, alpha=center_alpha))
-    if (margin_hold or margin_warmup) and isinstance(head, MarginHead):
+    cbs = [SetEpoch(), TimeBreakdown(), *loss_cbs, *(cbs or [])]
+    if (margin_hold or margin_warmup) and getattr(head, "schedulable_margin", False):
         cbs.append(MarginSchedule(margin_hold, margin_warmup))
-    metrics = list(metrics or [])
     if val_pairs:
         # held-out identities first: their columns lead the table, protocols' (cbs) follow
-        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs, seed=val_seed)), *cbs, HideValidLoss()]
-    learn = Learner(
+        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs, seed=val_seed)), *cbs]
+    if held_out is None:
+        held_out = hasattr(dls, "valid_identities")
+    return FaceLearner(
         dls,
         model,
-        loss_func=FaceLoss(head),
+        loss_func=head,
         opt_func=opt_func,
         wd=wd,
         cbs=cbs,
-        metrics=metrics,
+        metrics=list(metrics or []),
+        held_out=held_out,
         **kwargs,
     )
-    return learn

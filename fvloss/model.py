@@ -1,8 +1,9 @@
-"""Embedding networks: a torchvision ResNet body plus the usual face-embedding head.
+"""Embedding networks: a registered body plus the usual face-embedding neck.
 
-``FaceNet`` wraps an embedder and a classification head so that fastai sees one ``nn.Module``
-(the head's weights are then trained by the Learner's optimizer and saved by ``learn.save``),
-while ``FaceNet.eval()`` returns embeddings for verification.
+``FaceNet`` holds an embedder and a head so that fastai sees one ``nn.Module`` (the head's
+weights are trained by the Learner's optimizer, its weights and buffers saved by ``learn.save``
+and restored by ``lr_find``). Its output is always the embeddings, in training and in eval: the
+head is the loss function, ``head(embeddings, labels)``.
 """
 
 from __future__ import annotations
@@ -11,44 +12,33 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision import models
+
+from .bodies import BODIES, build_body, register_body
 
 __all__ = ["ARCHS", "register_arch", "EmbeddingNet", "FaceNet"]
 
-# name -> (constructor, feature width). A registry rather than an if/elif chain, so that a user
-# can add a body with ``register_arch`` without touching fvloss.
-ARCHS: dict[str, tuple[Callable[..., nn.Module], int]] = {
-    "resnet18": (models.resnet18, 512),
-    "resnet34": (models.resnet34, 512),
-    "resnet50": (models.resnet50, 2048),
-    "resnet101": (models.resnet101, 2048),
-    "resnet152": (models.resnet152, 2048),
-}
+ARCHS = BODIES  # the registry's older name
 
 
 def register_arch(name: str, constructor: Callable[..., nn.Module], n_features: int) -> None:
-    """Make ``arch=name`` available; ``constructor(weights=...)`` must return a torchvision-style
-    ResNet (a module with ``fc``)."""
-    ARCHS[name] = (constructor, n_features)
+    """Make ``arch=name`` available from a torchvision-style constructor (``weights=``, a
+    module with ``fc``); new code registers a builder with :func:`fvloss.bodies.register_body`."""
 
+    def build(img_size: int, pretrained: bool) -> nn.Module:
+        net = constructor(weights="DEFAULT" if pretrained else None)
+        net.fc, net.out_features = nn.Identity(), n_features
+        return net
 
-def _body(arch: str, pretrained: bool) -> tuple[nn.Module, int]:
-    if arch not in ARCHS:
-        raise ValueError(
-            f"unknown arch {arch!r}; known: {sorted(ARCHS)} (add one with register_arch)"
-        )
-    ctor, nf = ARCHS[arch]
-    # "DEFAULT" downloads ImageNet weights on first use; the assignment trains from scratch.
-    net = ctor(weights="DEFAULT" if pretrained else None)
-    net.fc = nn.Identity()
-    return net, nf
+    register_body(name, build)
 
 
 class EmbeddingNet(nn.Module):
-    """ResNet body -> BN -> dropout -> linear -> BN: an ``emb_dim`` face embedding.
+    """Body -> BN -> dropout -> linear -> BN: an ``emb_dim`` face embedding.
 
     The BN-dropout-FC-BN neck is the one ArcFace's ResNets use ("E" output in the paper); it
-    keeps the embedding's scale stable, which margin losses and center loss both rely on.
+    keeps the embedding's scale stable, which margin losses and center loss both rely on. A body
+    whose output already passed a BatchNorm (``out_normalized``, IR-ResNet) skips the first BN.
+    ``img_size`` matters to bodies whose features are a flattened map (IR-ResNet, MobileFaceNet).
     """
 
     def __init__(
@@ -57,32 +47,30 @@ class EmbeddingNet(nn.Module):
         emb_dim: int = 128,
         pretrained: bool = False,
         dropout: float = 0.0,
+        img_size: int = 112,
     ):
         super().__init__()
-        self.body, nf = _body(arch, pretrained)
+        self.body = build_body(arch, img_size, pretrained)
+        nf = self.body.out_features
         self.neck = nn.Sequential(
-            nn.BatchNorm1d(nf),
+            nn.Identity() if getattr(self.body, "out_normalized", False) else nn.BatchNorm1d(nf),
             nn.Dropout(dropout),
             nn.Linear(nf, emb_dim, bias=False),
             nn.BatchNorm1d(emb_dim),
         )
-        self.arch, self.emb_dim = arch, emb_dim
+        self.arch, self.emb_dim, self.img_size = arch, emb_dim, img_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.neck(self.body(x))
 
 
 class FaceNet(nn.Module):
-    """Embedder + classification head, the model a face ``Learner`` trains.
-
-    Training mode returns the head's logits (what the loss needs); eval mode returns the
-    embeddings (what verification needs), so ``learn.get_preds()`` gives embeddings.
-    """
+    """Embedder + head, the model a face ``Learner`` trains; ``forward`` returns embeddings
+    (in every mode: ``learn.get_preds()`` embeds), ``head(emb, labels)`` is the loss."""
 
     def __init__(self, embedder: nn.Module, head: nn.Module):
         super().__init__()
         self.embedder, self.head = embedder, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        emb = self.embedder(x)
-        return self.head(emb) if self.training else emb
+        return self.embedder(x)

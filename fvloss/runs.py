@@ -71,8 +71,9 @@ def load_run(
         k.removeprefix("embedder."): v for k, v in state.items() if k.startswith("embedder.")
     }
     model = EmbeddingNet(
-        cfg["arch"], cfg["emb_dim"], pretrained=False, dropout=cfg.get("dropout", 0.0)
-    )
+        cfg["arch"], cfg["emb_dim"], pretrained=False, dropout=cfg.get("dropout", 0.0),
+        img_size=cfg["img_size"],
+    )  # fmt: skip
     model.load_state_dict(emb_state)
     device = (
         torch.device(device)

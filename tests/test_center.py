@@ -83,8 +83,9 @@ def test_center_loss_rejects_bad_reduction():
 # ----------------------------------------------------------------------------- in a Learner
 
 
-def center_learner(dls, **kw):
-    kw = {"arch": "resnet18", "emb_dim": 8, "val_pairs": None, **kw}
+def center_learner(dls, center_lam=None, center_alpha=None, **kw):
+    settings = {k: v for k, v in (("lam", center_lam), ("alpha", center_alpha)) if v is not None}
+    kw = {"arch": "resnet18", "emb_dim": 8, "val_pairs": None, "settings": settings, **kw}
     learn = face_learner(dls, loss="center", **kw)
     learn.remove_cb(learn.progress)  # no progress bars in test logs
     return learn
@@ -287,7 +288,7 @@ def test_gradient_accumulation_updates_once_per_real_step_with_every_batch(tmp_p
 
     spy = Spy()
     learn = face_learner(
-        dls, loss="center", arch="resnet18", emb_dim=8, val_pairs=None, center_alpha=0.5
+        dls, loss="center", arch="resnet18", emb_dim=8, val_pairs=None, settings={"alpha": 0.5}
     )
     learn.model.eval()  # BN in eval: re-running the embedder in the spy gives the same features
     learn.model.train = lambda mode=True: learn.model  # keep BN frozen during the fit

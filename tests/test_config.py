@@ -44,12 +44,12 @@ def test_synthetic_layer_only_without_data():
 
 
 def test_precedence(tmp_path):
-    toml = write(tmp_path / "exp.toml", "img_size = 48\nepochs = 7\nbs = 32\ncosface_m = 0.3\n")
+    toml = write(tmp_path / "exp.toml", "img_size = 48\nepochs = 7\nbs = 32\n[cosface]\nm = 0.3\n")
     recipe = {"loss": "arcface", "bs": 16, "emb_dim": 64}
     # recipe < synthetic (no data) < TOML < flags
     cfg, source = resolve_config(["--config", str(toml), "--epochs", "3"], recipe)
     assert cfg.loss == "arcface" and source["loss"] == "recipe"
-    assert cfg.cosface_m == 0.3 and source["cosface_m"] == "config"  # TOML beats default
+    assert cfg.loss_settings == {"cosface": {"m": 0.3}} and source["loss_settings"] == "config"
     assert cfg.img_size == 48 and source["img_size"] == "config"  # TOML beats synthetic
     assert cfg.epochs == 3 and source["epochs"] == "flags"  # flag beats TOML
     assert cfg.bs == 32  # TOML beats recipe
@@ -112,16 +112,60 @@ def test_invalid_and_missing_toml(tmp_path):
 
 def test_scale_flags_accept_auto():
     cfg, _ = resolve_config(["--data", "d", "--loss", "arcface", "--arcface-s", "auto"])
-    assert cfg.arcface_s == "auto"
-    assert cfg.head_kwargs == {"s": "auto", "m": 0.5, "easy_margin": False}
+    assert cfg.loss_settings == {"arcface": {"s": "auto"}}
+    assert cfg.settings == {"s": "auto", "m": 0.5, "easy_margin": False, "eps": 1e-7}
     cfg, _ = resolve_config(
         ["--data", "d", "--loss", "cosface", "--cosface-s", "30", "--cosface-m", "0.2"]
     )
-    assert cfg.cosface_s == 30.0 and isinstance(cfg.cosface_s, float)
-    assert cfg.head_kwargs == {"s": 30.0, "m": 0.2}
-    assert Config(loss="softmax").head_kwargs == {} == Config(loss="center").head_kwargs
+    assert cfg.loss_settings["cosface"]["s"] == 30.0
+    assert isinstance(cfg.loss_settings["cosface"]["s"], float)
+    assert cfg.settings == {"s": 30.0, "m": 0.2}
+    assert Config(loss="softmax").settings == {"bias": True}
+    assert Config(loss="center").settings == {"bias": True, "lam": 0.003, "alpha": 0.5,
+                                              "reduction": "mean"}  # fmt: skip
     with pytest.raises(SystemExit):
         resolve_config(["--arcface-s", "big"])
+
+
+def test_loss_tables_in_toml_merge_with_extends_and_flags(tmp_path):
+    write(tmp_path / "base.toml", "[arcface]\ns = 30\nm = 0.4\n[center]\nlam = 0.01\n")
+    child = write(tmp_path / "child.toml", 'extends = "base.toml"\n[arcface]\nm = 0.3\n')
+    assert load_toml(child)["loss_settings"] == {"arcface": {"s": 30, "m": 0.3},
+                                                 "center": {"lam": 0.01}}  # fmt: skip
+    cfg, src = resolve_config(
+        ["--config", str(child), "--arcface-easy-margin", "--loss", "arcface"]
+    )
+    assert cfg.loss_settings["arcface"] == {"s": 30, "m": 0.3, "easy_margin": True}
+    assert cfg.settings["m"] == 0.3 and src["loss_settings"] == "flags"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[arcface]\nmargin = 0.5\n", "unknown setting 'margin' of loss 'arcface'"),
+        ('[arcface]\nm = "big"\n', "arcface.m = 'big'"),
+        ("[arcface]\neasy_margin = 1\n", "arcface.easy_margin = 1"),
+        ("[tripletface]\nm = 0.5\n", r"\[tripletface\] is not a loss"),
+        ("arcface_s = 30\n", r"`arcface_s` is now `s` in a \[arcface\] table"),
+        ('loss = "tripletface"\n', "unknown loss 'tripletface'"),
+        ('schedule = "cosine"\n', "schedule must be one of"),
+        ('precision = "fp8"\n', "precision must be one of"),
+        ('arch = "resnet35"\n', "unknown arch 'resnet35'"),
+    ],
+)
+def test_bad_settings_are_errors_before_any_data_is_read(tmp_path, text, message):
+    toml = write(tmp_path / "bad.toml", 'data = "/no/such/folder"\n' + text)
+    with pytest.raises(ValueError, match=message):
+        resolve_config(["--config", str(toml)])
+
+
+def test_saved_configs_from_before_loss_tables_still_load():
+    old = {**Config().to_dict(), "loss": "arcface"}
+    del old["loss_settings"]
+    old.update(arcface_s="auto", arcface_m=0.4, easy_margin=False, cosface_s=64.0,
+               cosface_m=0.35, center_lam=0.003, center_alpha=0.5)  # fmt: skip
+    cfg = Config.from_saved(old)
+    assert cfg.settings == {"s": "auto", "m": 0.4, "easy_margin": False, "eps": 1e-7}
 
 
 @pytest.mark.parametrize(
@@ -168,7 +212,12 @@ def test_every_field_but_extra_aug_has_a_flag():
     from dataclasses import fields
 
     missing = {f.name for f in fields(Config)} - flags
-    assert missing == {"extra_aug"}
+    assert missing == {"extra_aug", "loss_settings"}  # tables; loss settings have their flags
+    from fvloss.heads import LOSSES
+
+    for name, spec in LOSSES.items():
+        for key in spec.settings:
+            assert f"{name}.{key}" in flags
 
 
 def test_extra_aug_from_toml(tmp_path):

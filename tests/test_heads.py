@@ -15,15 +15,15 @@ import pytest
 import torch
 
 from fvloss.heads import (
-    HEADS,
+    LOSSES,
     ArcFaceHead,
     CosFaceHead,
     MarginHead,
     SoftmaxHead,
     adacos_scale,
     make_head,
+    register_loss,
 )
-from fvloss.learner import FaceLoss
 
 EMB, C, B = 8, 6, 24
 
@@ -93,12 +93,11 @@ def margin_inputs(seed: int, m: float):
 
 
 def run_head(head, emb, y):
-    """Loss and gradients of a float32 module."""
+    """Logits, loss and gradients of a float32 module: ``head(emb, labels)`` is the loss."""
     emb = emb.clone().requires_grad_(True)
-    logits = head(emb)
-    loss = head.loss(logits, y)
+    loss = head(emb, y)
     loss.backward()
-    return logits, loss, emb.grad
+    return head.last_logits, loss, emb.grad
 
 
 def run_ref(ref, emb, weight, y, *args, **kwargs):
@@ -124,7 +123,7 @@ def test_arcface_matches_float64_reference(m, easy_margin, s):
     head = ArcFaceHead(EMB, C, s=s, m=m, easy_margin=easy_margin)
     with torch.no_grad():
         head.weight.copy_(weight)
-    cos = head(emb)
+    cos = head.cosine(emb)
     assert cos.dtype == torch.float32 and cos.shape == (B, C)
     ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(
         arcface_ref, emb, weight, y, s, m, easy_margin=easy_margin
@@ -150,7 +149,7 @@ def test_arcface_margin_is_what_the_paper_says_at_a_known_angle():
         head.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]]))
     a = math.radians(30)
     emb = torch.tensor([[math.cos(a), math.sin(a)]])
-    logits = head.margin_logits(head(emb), torch.tensor([0]))
+    logits = head.margin_logits(head.cosine(emb), torch.tensor([0]))
     expected = [math.cos(a + 0.5), math.cos(math.pi / 2 - a), -math.cos(a)]
     np.testing.assert_allclose(logits[0].detach().numpy(), expected, atol=1e-6)
 
@@ -161,7 +160,7 @@ def test_arcface_margin_is_read_at_each_call():
     with torch.no_grad():
         head.weight.copy_(weight)
         head.m = 0.2  # what a margin warm-up callback does
-        logits = head.margin_logits(head(emb), y)
+        logits = head.margin_logits(head.cosine(emb), y)
     ref_logits, _ = arcface_ref(emb.double(), weight.double(), y, 10.0, 0.2)
     assert_close(logits, ref_logits, atol=1e-4)
 
@@ -173,7 +172,7 @@ def test_cosface_matches_float64_reference(m):
     with torch.no_grad():
         head.weight.copy_(weight)
     ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(cosface_ref, emb, weight, y, 30.0, m)
-    assert_close(head.margin_logits(head(emb).detach(), y), ref_logits, atol=3e-4)
+    assert_close(head.margin_logits(head.cosine(emb).detach(), y), ref_logits, atol=3e-4)
     _, loss, gemb = run_head(head, emb, y)
     assert_close(loss, ref_loss, atol=3e-4)
     assert_close(gemb, ref_gemb, atol=3e-4)
@@ -198,14 +197,14 @@ def test_auto_scale_needs_three_classes():
         ArcFaceHead(EMB, 2, s="auto")
 
 
-def test_margin_head_forward_returns_plain_cosines():
+def test_margin_head_cosine_is_plain_cosines():
     emb, weight, y = margin_inputs(3, 0.5)
     head = CosFaceHead(EMB, C)
     with torch.no_grad():
         head.weight.copy_(weight)
-    assert_close(head(emb), _cosines64(emb.double(), weight.double()), atol=1e-6)
+    assert_close(head.cosine(emb), _cosines64(emb.double(), weight.double()), atol=1e-6)
     with pytest.raises(NotImplementedError):
-        MarginHead(EMB, C, 1.0, 0.1).target_logit(torch.zeros(2, 1))
+        MarginHead(EMB, C, 1.0, 0.1).target_logit(torch.zeros(2, 1), torch.ones(2, 1))
 
 
 def _extreme_inputs():
@@ -222,7 +221,7 @@ def _extreme_inputs():
 
 def test_arcface_finite_at_cos_plus_minus_one():
     head, emb, y = _extreme_inputs()
-    cos = head(emb).detach()
+    cos = head.cosine(emb).detach()
     cos_t = cos.gather(1, y[:, None])[:, 0]
     assert cos_t.tolist() == [1.0, 1.0, -1.0, -1.0]  # really at the boundary
     logits, loss, gemb = run_head(head, emb, y)
@@ -246,9 +245,8 @@ def test_arcface_under_bf16_autocast(easy_margin):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         feats = lin(emb)
         assert feats.dtype == torch.bfloat16
-        cos = head(feats)
-        assert cos.dtype == torch.float32
-        loss = head.loss(cos, y)
+        assert head.cosine(feats).dtype == torch.float32
+        loss = head(feats, y)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
     loss.backward()
     assert torch.isfinite(emb.grad).all() and torch.isfinite(head.weight.grad).all()
@@ -283,7 +281,7 @@ def test_softmax_matches_float64_reference(bias):
 
 def test_softmax_loss_is_float32_for_bf16_logits():
     logits = torch.randn(4, C).to(torch.bfloat16)
-    loss = SoftmaxHead(EMB, C).loss(logits, torch.tensor([0, 1, 2, 3]))
+    loss = SoftmaxHead(EMB, C).loss(logits, torch.tensor([0, 1, 2, 3]), None)
     assert loss.dtype == torch.float32
 
 
@@ -291,7 +289,7 @@ def test_softmax_loss_is_float32_for_bf16_logits():
 
 
 def test_make_head_registry():
-    assert set(HEADS) == {"softmax", "center", "arcface", "cosface"}
+    assert {"softmax", "center", "arcface", "cosface"} <= set(LOSSES)
     assert type(make_head("softmax", EMB, C)) is SoftmaxHead
     assert type(make_head("center", EMB, C)) is SoftmaxHead
     arc = make_head("arcface", EMB, C, s="auto", m=0.3, easy_margin=True)
@@ -299,10 +297,13 @@ def test_make_head_registry():
     assert (arc.s, arc.m, arc.easy_margin) == (adacos_scale(C), 0.3, True)
     cos = make_head("cosface", EMB, C, s=30, m=0.2)
     assert type(cos) is CosFaceHead and (cos.s, cos.m) == (30.0, 0.2)
-    for name in HEADS:
+    y = torch.arange(3) % C
+    for name in LOSSES:
         head = make_head(name, EMB, C)
         assert head.n_classes == C
-        assert head(torch.randn(3, EMB)).shape == (3, C)
+        loss = head(torch.randn(3, EMB), y)
+        assert loss.ndim == 0 and torch.isfinite(loss), name
+        assert head.last_logits.shape == (3, C), name
 
 
 def test_make_head_unknown_loss():
@@ -310,10 +311,41 @@ def test_make_head_unknown_loss():
         make_head("triplet", EMB, C)
 
 
-def test_face_loss_is_zero_in_eval_mode():
-    head = ArcFaceHead(EMB, C, s=10.0)
-    loss = FaceLoss(head)
-    cos, y = head(torch.randn(4, EMB)), torch.tensor([0, 1, 2, 3])
-    assert loss(cos, y).item() == pytest.approx(head.loss(cos, y).item())
-    head.eval()
-    assert loss(torch.randn(4, EMB), y).item() == 0.0
+def test_registry_settings_come_from_the_signatures_and_registry_line():
+    # the paper's defaults in the head's signature, fvloss's (measured) in the registry line
+    assert ArcFaceHead(EMB, C).s == 64.0 and LOSSES["arcface"].settings["s"] == "auto"
+    assert LOSSES["center"].settings == {"bias": True, "lam": 0.003, "alpha": 0.5,
+                                         "reduction": "mean"}  # fmt: skip
+    head, cbs = LOSSES["center"].build(EMB, C, {"lam": 0.25})
+    assert type(head) is SoftmaxHead and len(cbs) == 1 and cbs[0].lam == 0.25
+    with pytest.raises(ValueError, match="register_loss"):
+        register_loss("bad", ArcFaceHead, margin=0.5)
+    assert "bad" not in LOSSES
+
+
+# ----------------------------------------------------------------------------- PML parity
+
+
+@pytest.mark.parametrize("kind", ["arcface", "cosface"])
+def test_matches_pytorch_metric_learning(kind):
+    """pytorch-metric-learning (a test-only peer) on the same weights: loss and gradients."""
+    pml = pytest.importorskip("pytorch_metric_learning.losses")
+    m = 0.5 if kind == "arcface" else 0.35
+    emb, weight, y = margin_inputs(7, 0.5)
+    if kind == "arcface":
+        head = ArcFaceHead(EMB, C, s=30.0, m=m)
+        # PML's margin is in degrees; it has ArcFace's fall-back too, so every row compares
+        ref = pml.ArcFaceLoss(num_classes=C, embedding_size=EMB, margin=math.degrees(m), scale=30.0)
+    else:
+        head = CosFaceHead(EMB, C, s=30.0, m=m)
+        ref = pml.CosFaceLoss(num_classes=C, embedding_size=EMB, margin=m, scale=30.0)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        ref.W.copy_(weight.T)  # PML's W is (D, C)
+    e_ref = emb.clone().requires_grad_(True)
+    ref_loss = ref(e_ref, y)
+    ref_loss.backward()
+    _, loss, gemb = run_head(head, emb, y)
+    assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-5)
+    assert_close(gemb, e_ref.grad, rtol=1e-5, atol=1e-5)
+    assert_close(head.weight.grad, ref.W.grad.T, rtol=1e-5, atol=1e-5)

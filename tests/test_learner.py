@@ -10,7 +10,7 @@ from fastai.callback.core import Callback
 
 from fvloss.callbacks.center import CENTERS, CenterLoss
 from fvloss.heads import ArcFaceHead, CosFaceHead, SoftmaxHead
-from fvloss.learner import LOSSES, FaceLoss, HideValidLoss, face_learner
+from fvloss.learner import LOSSES, FaceLearner, FaceRecorder, face_learner
 
 EMB = 8
 
@@ -41,36 +41,51 @@ HEAD_TYPES = {
 }
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-def test_outputs_per_mode(dls, loss):
+@pytest.mark.parametrize("loss", list(HEAD_TYPES))
+def test_model_returns_embeddings_in_every_mode(dls, loss):
     learn = learner(dls, loss)
     assert type(learn.model.head) is HEAD_TYPES[loss]
-    assert isinstance(learn.loss_func, FaceLoss) and learn.loss_func.head is learn.model.head
+    assert learn.loss_func is learn.model.head  # the head is the loss, and part of the model
     assert any(isinstance(c, CenterLoss) for c in learn.cbs) == (loss == "center")
     x = torch.randn(4, 3, 32, 32)
     learn.model.eval()
     with torch.no_grad():
-        assert learn.model(x).shape == (4, EMB)
+        emb_eval = learn.model(x)
     learn.model.train()
-    assert learn.model(x).shape == (4, dls.n_classes)
+    assert emb_eval.shape == learn.model(x).shape == (4, EMB)
+    # the head takes (embeddings, labels) and returns the loss; its logits stay for accuracy
+    y = torch.arange(4) % dls.n_classes
+    loss_value = learn.loss_func(learn.model(x), y)
+    assert loss_value.ndim == 0 and torch.isfinite(loss_value)
+    assert learn.model.head.last_logits.shape == (4, dls.n_classes)
 
 
-def test_unknown_loss(dls):
+def test_every_registered_loss_trains(dls):
+    for loss in LOSSES:
+        learn = learner(dls, loss)
+        learn.fit(1, 1e-3)
+        assert math.isfinite(learn.recorder.values[-1][0]), loss
+
+
+def test_unknown_loss_or_setting(dls):
     with pytest.raises(ValueError, match="triplet"):
         face_learner(dls, loss="triplet", arch="resnet18")
+    with pytest.raises(ValueError, match="unknown setting 'margin' of loss 'arcface'"):
+        face_learner(dls, loss="arcface", arch="resnet18", settings={"margin": 0.5})
 
 
-def test_head_kwargs_reach_the_head(dls):
-    learn = learner(dls, "arcface", head_kwargs={"s": "auto", "m": 0.3, "easy_margin": True})
+def test_settings_reach_the_head(dls):
+    learn = learner(dls, "arcface", settings={"s": "auto", "m": 0.3, "easy_margin": True})
     head = learn.model.head
     assert head.s == pytest.approx(math.sqrt(2) * math.log(dls.n_classes - 1))
     assert (head.m, head.easy_margin, head.n_classes) == (0.3, True, dls.n_classes)
 
 
-@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("loss", list(HEAD_TYPES))
 def test_one_epoch_progress_table(dls, loss):
     learn = learner(dls, loss, val_pairs=50)
-    assert any(isinstance(c, HideValidLoss) for c in learn.cbs)
+    assert isinstance(learn, FaceLearner) and learn.held_out
+    assert isinstance(learn.recorder, FaceRecorder)
     learn.fit(1, 1e-3)
     names = list(learn.recorder.metric_names)
     assert names == ["epoch", "train_loss", "auc", "acc", "tar@1e-3", "eer", "time"]
@@ -85,18 +100,34 @@ def test_one_epoch_progress_table(dls, loss):
     assert preds.shape == (len(dls.valid_ds), EMB)
 
 
-def test_without_val_pairs_fastai_keeps_its_columns(dls):
-    learn = learner(dls, "softmax", val_pairs=None)
-    assert not any(isinstance(c, HideValidLoss) for c in learn.cbs)
+def test_validation_of_training_identities_has_a_valid_loss(dls):
+    """Outside face_dls's identity split (validation images of the head's own classes, as in
+    another project's DataLoaders), fastai's loop runs as is: valid_loss is the head's loss."""
+    # a head with a class for every identity, so the validation labels are its classes too
+    learn = learner(dls, "softmax", val_pairs=None, held_out=False, n_classes=len(dls.vocab))
+    assert type(learn.recorder).__name__ == "Recorder"
     learn.fit(1, 1e-3)
     assert list(learn.recorder.metric_names) == ["epoch", "train_loss", "valid_loss", "time"]
-    assert learn.recorder.values[0][1] == 0.0  # eval-mode loss is defined as 0
+    valid_loss = learn.recorder.values[0][1]
+    assert math.isfinite(valid_loss) and valid_loss > 0
+
+
+def test_held_out_validation_never_calls_the_head(dls):
+    learn = learner(dls, "arcface", val_pairs=None)
+    calls = []
+    learn.model.head.register_forward_hook(lambda m, i, o: calls.append(m.training))
+    learn.fit(1, 1e-3)
+    assert calls and all(calls)  # training batches only
+    assert list(learn.recorder.metric_names) == ["epoch", "train_loss", "time"]
+    preds, _ = learn.get_preds()
+    assert preds.shape == (len(dls.valid_ds), EMB)
 
 
 # ----------------------------------------------------------------------------- save / load
 
 
-@pytest.mark.parametrize("loss", ["arcface", "center"])
+# heads with buffers: CurricularFace's t, AdaFace's norm statistics, SphereFace's step count
+@pytest.mark.parametrize("loss", ["arcface", "center", "adaface", "curricularface", "sphereface"])
 def test_save_load_round_trip(dls, tmp_path, loss):
     learn = learner(dls, loss, path=tmp_path)
     learn.fit(1, 1e-3)
@@ -107,8 +138,8 @@ def test_save_load_round_trip(dls, tmp_path, loss):
     assert (tmp_path / "models" / "ck.pth").exists()
     fresh = learner(dls, loss, path=tmp_path)
     before = state(fresh)
-    assert not torch.equal(before["head.weight" if loss == "arcface" else "head.fc.weight"],
-                           saved["head.weight" if loss == "arcface" else "head.fc.weight"])  # fmt: skip
+    w = "head.fc.weight" if loss == "center" else "head.weight"
+    assert not torch.equal(before[w], saved[w])
     fresh.load("ck")  # before any fit: the centers buffer already exists
     assert_same_state(state(fresh), saved)
     opt_a, opt_b = learn.opt.state_dict(), fresh.opt.state_dict()
@@ -135,7 +166,7 @@ class SeeBeforeRestore(Callback):
         self.state = {k: v.detach().clone() for k, v in self.learn.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("loss", ["arcface", "center"])
+@pytest.mark.parametrize("loss", ["arcface", "center", "adaface", "curricularface", "sphereface"])
 def test_lr_find_restores_everything(dls, loss):
     learn = learner(dls, loss)
     if loss == "center":
@@ -151,5 +182,8 @@ def test_lr_find_restores_everything(dls, loss):
     assert any(k.startswith("head.") for k in moved)
     if loss == "center":
         assert CENTERS in moved
+    buffers = {"adaface": "head.batch_mean", "curricularface": "head.t", "sphereface": "head.it"}
+    if loss in buffers:
+        assert buffers[loss] in moved  # the head's state moved too
     # ... and put every one of them back
     assert_same_state(state(learn), before)

@@ -34,15 +34,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ..jsonio import read_json, write_json
-from .bootstrap import MAX_ALL_PAIRS, AucDiff, BootstrapResult, paired_bootstrap
+from .bootstrap import (
+    MAX_ALL_PAIRS,
+    AucDiff,
+    BootstrapResult,
+    choose_comparisons,
+    paired_bootstrap,
+)
+from .groups import Group, group_runs, mean_std, pool_scores
 from .metrics import VerificationResult, far_key, metric_key, verify_scores
 from .plots import plot_roc
 from .protocols import PairFileError, PairSet, add_pair_options, read_pairs
 from .report import RunMetrics, RunScores, load_scores, pairs_digest, weights_file
 from .verify_cli import add_model_options
 
-__all__ = ["TABLE_FAR", "main"]
+__all__ = ["TABLE_FAR", "main", "run_grid"]
 
 TABLE_FAR = 1e-3
 
@@ -265,7 +274,17 @@ def _parser() -> argparse.ArgumentParser:
         "confidence intervals on the AUC differences. Writes OUT/compare.md, roc.png and "
         "compare.json.",
     )
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders")
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="run folders")
+    p.add_argument(
+        "--grid",
+        metavar="LOSS,LOSS,...",
+        help="train these losses (x --seeds) first, into OUT/<loss>-seed<seed>, then compare "
+        "them; settings after `--` go to every run (e.g. -- --config recipes/celeba64.toml); "
+        "finished runs are kept, interrupted ones resumed",
+    )
+    p.add_argument(
+        "--seeds", default="42", metavar="S,S,...", help="seeds of each --grid loss (default 42)"
+    )
     p.add_argument(
         "--pairs",
         type=Path,
@@ -297,8 +316,21 @@ def _log(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """``fvloss compare``: 0 on success, 2 for bad input, 1 for unreadable images."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    train_args: list[str] = []
+    if "--" in argv:  # the grid's training settings
+        cut = argv.index("--")
+        argv, train_args = argv[:cut], argv[cut + 1 :]
     args = _parser().parse_args(argv)
-    command = shlex.join(["fvloss", "compare", *argv])
+    command = shlex.join(["fvloss", "compare", *argv, *(["--", *train_args] if train_args else [])])
+    if args.grid:
+        made = run_grid(args, train_args)
+        if isinstance(made, int):
+            return made
+        args.runs = [*args.runs, *made]
+    elif train_args:
+        return _fail("settings after `--` are for --grid's training runs", 2)
+    if not args.runs:
+        return _fail("give run folders, or --grid LOSSES to train them", 2)
     for run in args.runs:
         if not (run.is_dir() or (run.is_file() and run.suffix.lower() == ".onnx")):
             return _fail(f"run folder not found: {run} (a run folder or an .onnx model)", 2)
@@ -320,7 +352,14 @@ def main(argv: list[str] | None = None) -> int:
             pairs = read_pairs(args.pairs, args.root, args.format, args.skip_missing)
         except (PairFileError, ValueError) as e:
             return _fail(str(e), 2)
-    out = args.out or Path("runs") / f"compare-{pairs.name if pairs else 'metrics'}"
+    report = f"compare-{pairs.name if pairs else 'metrics'}"
+    # a grid's runs live in OUT, each comparison of them in OUT/compare-<pairs>
+    out = (
+        (args.out or Path("runs") / "grid") / report
+        if args.grid
+        else args.out or Path("runs") / report
+    )
+    groups = group_runs(labels, configs)
 
     boot: BootstrapResult | None = None
     if args.pairs is None:
@@ -336,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(made, int):
             return made
         body, doc, boot = made
+    if any(len(g.members) > 1 for g in groups):
+        seeds_lines, doc["groups"] = _seeds_report(rows, groups, pairs, args, out)
+        body = [*body, "", *seeds_lines]
 
     md = [title, "", *body, "", "Runs:", ""]
     for r in rows:
@@ -359,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "compare.md").write_text(text)
     names = ["compare.md", *(["roc.png"] if args.pairs else []), "compare.json"]
+    if args.pairs and (out / "roc_seeds.png").exists() and "groups" in doc:
+        names.insert(2, "roc_seeds.png")
     doc["outputs"] = [str(out / n) for n in names]
     write_json(out / "compare.json", doc)
     print(text)
@@ -506,6 +550,120 @@ def _collect_scores(rows: Sequence[_Row], pairs: PairSet, args: argparse.Namespa
         except (ValueError, OSError) as e:
             return _fail(str(e), 2)
     return 0
+
+
+# ----------------------------------------------------------------------------- seeds
+
+
+def _pm(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "n/a"
+    return f"{mean:.4f} ± {std:.4f}" if std is not None else f"{mean:.4f} ± n/a"
+
+
+def _seeds_report(
+    rows: Sequence[_Row],
+    groups: Sequence[Group],
+    pairs: PairSet | None,
+    args: argparse.Namespace,
+    out: Path,
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Mean +- sample std of each configuration over its seeds; with shared pairs, the groups'
+    pooled ROC curves and a paired bootstrap of the pooled AUCs."""
+    key = metric_key(TABLE_FAR)
+    far = far_key(TABLE_FAR)
+    lines = [
+        "## Over seeds (one line per configuration: mean ± sample std over its runs)",
+        "",
+        f"| configuration | loss | seeds | AUC | k-fold acc | TAR@FAR={far} | EER | training (min) |",
+        "|:--|:--|:--|--:|--:|--:|--:|--:|",
+    ]
+    doc = []
+    for g in groups:
+        nums = [rows[i].numbers() for i in g.members]
+        stats = {m: mean_std([n[m] for n in nums]) for m in ("auc", "acc", key, "eer")}
+        t = mean_std([n["train_time_s"] for n in nums])[0]
+        lines.append(
+            f"| {_md(g.label)} | {_md(rows[g.members[0]].loss)} | "
+            f"{', '.join(str(s) for s in g.seeds)} | "
+            + " | ".join(_pm(*stats[m][:2]) for m in ("auc", "acc", key, "eer"))
+            + f" | {'n/a' if t is None else f'{t / 60:.1f}'} |"
+        )
+        doc.append(
+            {"label": g.label, "runs": [rows[i].label for i in g.members], "seeds": g.seeds,
+             **{m: {"mean": v[0], "std": v[1], "n": v[2]} for m, v in stats.items()}}
+        )  # fmt: skip
+    if pairs is None or any(r.scores is None for r in rows):
+        return lines, doc
+    n = min(len(g.members) for g in groups)
+    same = rows[0].scores.same
+    pooled = [pool_scores([rows[i].scores.scores for i in g.members], same, n)[0] for g in groups]
+    same_n = np.tile(same, n)
+    results = {g.label: verify_scores(s, same_n, None, args.folds) for g, s in zip(groups, pooled)}
+    roc = plot_roc(results, out / "roc_seeds.png", title=f"{pairs.name}: {n} seed(s) pooled")
+    lines += [
+        "",
+        f"Pooled: each configuration's first {n} seed(s), {len(same)} pairs each "
+        f"({n * len(same)} pooled pairs); pooled ROC curves: `{roc.name}`.",
+    ]
+    for d, r in zip(doc, results.values()):
+        d["pooled_auc"] = r.auc
+    if len(groups) < 2 or args.bootstrap == 0:
+        return lines, doc
+    labels = [g.label for g in groups]
+    comps = choose_comparisons([r.auc for r in results.values()])
+    boot = paired_bootstrap(pooled, same_n, comps, n_boot=args.bootstrap, seed=args.seed)
+    lines += ["", *_bootstrap_lines(boot, labels, len(groups) <= MAX_ALL_PAIRS)]
+    lines[lines.index(next(x for x in lines if x.startswith("## AUC differences")))] = (
+        f"### Pooled AUC differences between configurations (paired bootstrap, {boot.n_boot} "
+        f"resamples, seed {boot.seed})"
+    )
+    return lines, doc
+
+
+# ----------------------------------------------------------------------------- grid
+
+
+def run_grid(args: argparse.Namespace, train_args: list[str]) -> list[Path] | int:
+    """Train every ``--grid`` loss for every ``--seeds`` seed, one after the other, into
+    ``OUT/<loss>-seed<seed>``: a finished run (metrics.json) is kept, an interrupted one (a
+    config.json and a checkpoint) resumed. Returns the run folders, or an exit code."""
+    from ..heads import LOSSES
+    from ..recipes.base import main as train_main
+
+    losses = [s.strip() for s in args.grid.split(",") if s.strip()]
+    unknown = [x for x in losses if x not in LOSSES]
+    if unknown:
+        return _fail(f"--grid: unknown losses {unknown}; known: {sorted(LOSSES)}", 2)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        return _fail(f"--seeds: integers separated by commas, got {args.seeds!r}", 2)
+    if "--loss" in train_args or "--seed" in train_args or "--run-dir" in train_args:
+        return _fail("--grid sets --loss, --seed and --run-dir of its runs itself", 2)
+    out = args.out or Path("runs") / "grid"
+    runs, failed = [], []
+    for seed in seeds:  # seed-major: a grid stopped half-way has every loss at the first seed
+        for loss in losses:
+            d = out / f"{loss}-seed{seed}"
+            if (d / "metrics.json").is_file():
+                _log(f"grid: {d} is finished, kept")
+                runs.append(d)
+                continue
+            argv = (
+                ["--resume", str(d)]
+                if (d / "config.json").is_file()
+                else [*train_args, "--loss", loss, "--seed", str(seed), "--run-dir", str(d),
+                      "--name", loss]
+            )  # fmt: skip
+            _log(f"grid: training {loss} seed {seed} -> {d}")
+            code = train_main(argv, prog=f"fvloss compare --grid ({loss}, seed {seed})")
+            if code in (130, 143):  # stopped by a signal: the checkpoint is written, stop here
+                return code
+            (runs if code == 0 else failed).append(d)
+    if failed:
+        _log(f"grid: {len(failed)} run(s) failed and are left out: {', '.join(map(str, failed))}")
+    return runs
 
 
 if __name__ == "__main__":

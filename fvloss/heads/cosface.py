@@ -15,5 +15,5 @@ class CosFaceHead(MarginHead):
     def __init__(self, emb_dim: int, n_classes: int, s: float | str = 64.0, m: float = 0.35):
         super().__init__(emb_dim, n_classes, s, m)
 
-    def target_logit(self, cos_t: torch.Tensor) -> torch.Tensor:
+    def target_logit(self, cos_t: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         return cos_t - self.m

@@ -18,5 +18,5 @@ class SoftmaxHead(Head):
         self.fc = nn.Linear(emb_dim, n_classes, bias=bias)
         self.n_classes = n_classes
 
-    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+    def logits(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.fc(emb)

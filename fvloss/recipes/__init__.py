@@ -1,1 +1,56 @@
-"""Recipes: one small module per experiment over the shared runner in :mod:`.base`."""
+"""Recipes: ``python -m fvloss.recipes.<loss>`` for every registered loss, over one runner.
+
+Each recipe is the shared runner (:mod:`.base`) with its loss fixed. Rather than one file per
+loss, copies that would differ in one word, the modules are made from the loss registry
+(:data:`fvloss.heads.LOSSES`): importing this package adds one finder that answers only for
+``fvloss.recipes.<name>`` where ``name`` is a registered loss and no file of that name exists.
+So a new loss has its recipe module the moment it is registered.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+
+_SOURCE = '''"""Recipe: {name}, {summary}.
+
+``python -m fvloss.recipes.{name} [--config FILE.toml] [--FLAG VALUE ...]``; everything but the
+cost function comes from the shared defaults in :class:`fvloss.recipes.config.Config`.
+"""
+
+from fvloss.recipes.base import recipe_main
+
+main = recipe_main({name!r})
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+'''
+
+
+class _LossRecipes(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
+    """Finder and loader of the recipe modules made from the loss registry."""
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        parent, _, name = fullname.rpartition(".")
+        if parent != __name__ or name.startswith("_"):
+            return None  # not ours: every other import is left to the usual finders
+        from ..heads import LOSSES
+
+        if name not in LOSSES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self, origin=f"<recipe for {name}>")
+
+    def get_source(self, fullname: str) -> str:
+        from ..heads import LOSSES
+
+        name = fullname.rpartition(".")[2]
+        return _SOURCE.format(name=name, summary=LOSSES[name].summary or "a registered loss")
+
+    def is_package(self, fullname: str) -> bool:
+        return False
+
+
+if not any(isinstance(f, _LossRecipes) for f in sys.meta_path):
+    sys.meta_path.append(_LossRecipes())  # after the path finders: real files win

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..jsonio import read_json, write_json
 from ..runlock import RunLock
-from .config import Config, resolve_config
+from .config import Config, check_config, resolve_config
 
 __all__ = ["run", "main", "recipe_main", "RunResult"]
 
@@ -97,8 +97,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         run_dir = Path(cfg.resume)
         saved = json.loads((run_dir / "config.json").read_text())
         # the run's own settings win over defaults; only epochs may be extended on resume
-        cfg = Config(
-            **{
+        cfg = Config.from_saved(
+            {
                 **saved,
                 "resume": str(run_dir),
                 "run_dir": str(run_dir),
@@ -111,6 +111,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         )
     else:
         run_dir = _new_run_dir(cfg)
+    check_config(cfg)  # before anything is read or written
     run_dir.mkdir(parents=True, exist_ok=True)
     locks.append(RunLock(run_dir).acquire())  # before anything is written into it
 
@@ -150,8 +151,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     pair_cbs = _pair_callbacks(cfg)
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
-        head_kwargs=cfg.head_kwargs, center_lam=cfg.center_lam, center_alpha=cfg.center_alpha,
-        margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
+        settings=cfg.loss_settings.get(cfg.loss), margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
         val_pairs=cfg.val_pairs or None, val_seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last, compile=cfg.compile, cbs=list(pair_cbs.values()),
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
@@ -191,14 +191,15 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         lr = float(sugg.valley)
         save_lr_plot(learn.recorder, lr, run_dir / "lr_find.png")
         _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
-    resolved = {**cfg.to_dict(), "lr": lr, "data": str(data), "run_dir": str(run_dir)}
+    # the loss's full settings, defaults included: what this run trained with
+    tables = {**cfg.loss_settings, cfg.loss: cfg.settings}
+    resolved = {**cfg.to_dict(), "loss_settings": tables, "lr": lr, "data": str(data),
+                "run_dir": str(run_dir)}  # fmt: skip
     write_json(run_dir / "config.json", resolved)
     write_json(run_dir / "data_report.json", dls.report.to_dict())
 
     t_fit = time.time()
-    fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}
-    if cfg.schedule not in fits:
-        raise ValueError(f"schedule must be one of {sorted(fits)}, got {cfg.schedule!r}")
+    fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}  # config.SCHEDULES
     # SIGTERM (a scheduler's preemption) / SIGINT: checkpoint after the step, exit 143 / 130
     with StopSignals() as stop:
         ckpt = Checkpoint(lr, cfg.checkpoint_steps, cfg.checkpoint_minutes, stop=stop)

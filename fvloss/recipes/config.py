@@ -3,6 +3,11 @@
 Precedence, lowest first: the defaults below (the assignment's settings) < the recipe module's
 own overrides (its loss) < the synthetic data set's small-image settings (only when no data is
 given) < ``--config FILE.toml`` (which may ``extends = "other.toml"``) < command-line flags.
+
+A loss's own settings are a table named by the loss (``[arcface] s = "auto"``) or a flag
+``--arcface-s auto``; their names and defaults come from the loss registry
+(:data:`fvloss.heads.LOSSES`). Everything is checked before any data is read: an unknown
+setting, loss, table, body, schedule or precision is an error naming it.
 """
 
 from __future__ import annotations
@@ -19,7 +24,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["Config", "SYNTHETIC_OVERRIDES", "load_toml", "build_parser", "resolve_config"]
+__all__ = [
+    "Config",
+    "SYNTHETIC_OVERRIDES",
+    "build_parser",
+    "check_config",
+    "load_toml",
+    "resolve_config",
+]
 
 
 @dataclass
@@ -27,7 +39,7 @@ class Config:
     """Every setting of a training run. Defaults: the course assignment's experiment."""
 
     # what to train
-    loss: str = "softmax"  # softmax | center | arcface | cosface
+    loss: str = "softmax"  # a registered loss: fvloss train --help lists them
     name: str = ""  # run-folder prefix; default: the loss
     data: str | None = None  # identity folder root/<identity>/<image>; none: the synthetic set
     # model
@@ -35,19 +47,15 @@ class Config:
     pretrained: bool = False
     emb_dim: int = 128
     dropout: float = 0.0
-    # cost-function settings (papers' defaults; see fvloss.heads and fvloss.callbacks.center)
-    # ArcFace: "auto" = AdaCos's fixed scale sqrt(2)*ln(C-1) and the margin ramped in over the
-    # first 30% of training, measured better than the paper's s=64 from scratch on a few hundred
-    # identities (README, "ArcFace on small data"); the head's own defaults stay the paper's.
-    arcface_s: float | str = "auto"
-    arcface_m: float = 0.5
-    easy_margin: bool = False
-    margin_hold: float = 0.0  # ArcFace/CosFace: train with m=0 for this fraction of training,
-    margin_warmup: float = 0.3  # then ramp m linearly over this fraction (see MarginSchedule)
-    cosface_s: float | str = 64.0
-    cosface_m: float = 0.35
-    center_lam: float = 0.003
-    center_alpha: float = 0.5
+    # cost-function settings: {loss: {setting: value}} over the registry's defaults (the
+    # papers', or fvloss's where measured better: ArcFace's s="auto", README "ArcFace on small
+    # data"); in TOML one table per loss, [arcface] s = "auto"
+    loss_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # margin heads (ArcFace, CosFace ...): train with m=0 for this fraction of training, then
+    # ramp m linearly over the next (MarginSchedule); measured needed from scratch on few
+    # identities (README, "ArcFace on small data")
+    margin_hold: float = 0.0
+    margin_warmup: float = 0.3
     # data and augmentation
     img_size: int = 160
     hflip: float = 0.5
@@ -99,15 +107,37 @@ class Config:
     progress: bool = True
 
     @property
-    def head_kwargs(self) -> dict[str, Any]:
-        if self.loss == "arcface":
-            return {"s": self.arcface_s, "m": self.arcface_m, "easy_margin": self.easy_margin}
-        if self.loss == "cosface":
-            return {"s": self.cosface_s, "m": self.cosface_m}
-        return {}
+    def settings(self) -> dict[str, Any]:
+        """The trained loss's settings: the registry's defaults, then this config's table."""
+        from ..heads import loss_spec
+
+        return {**loss_spec(self.loss).settings, **self.loss_settings.get(self.loss, {})}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> Config:
+        """A run's ``config.json``, including those written before per-loss tables."""
+        d = dict(d)
+        tables = {k: dict(v) for k, v in d.pop("loss_settings", {}).items()}
+        for old, (loss, key) in LEGACY_KEYS.items():
+            if old in d:
+                tables.setdefault(loss, {})[key] = d.pop(old)
+        return cls(**d, loss_settings=tables)
+
+
+# Settings that were top-level before per-loss tables: where they live now.
+LEGACY_KEYS: dict[str, tuple[str, str]] = {
+    "arcface_s": ("arcface", "s"),
+    "arcface_m": ("arcface", "m"),
+    "easy_margin": ("arcface", "easy_margin"),
+    "cosface_s": ("cosface", "s"),
+    "cosface_m": ("cosface", "m"),
+    "center_lam": ("center", "lam"),
+    "center_alpha": ("center", "alpha"),
+}
+SCHEDULES = ("one_cycle", "flat")
 
 
 # The embedded synthetic set is 64x64 and small: these settings make a recipe finish in minutes
@@ -133,12 +163,48 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as e:
         raise ValueError(f"{path}: invalid TOML: {e}") from None
     base = d.pop("extends", None)
+    d = _tables_to_loss_settings(d, path)
     if base is not None:
-        d = {**load_toml(path.parent / base), **d}
-    unknown = sorted(set(d) - set(_FIELDS))
-    if unknown:
-        raise ValueError(f"{path}: unknown settings {unknown}; known: {sorted(_FIELDS)}")
+        d = _merge(load_toml(path.parent / base), d)
     return d
+
+
+def _tables_to_loss_settings(d: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Top-level tables are per-loss settings (``[arcface] s = 30``): move them into
+    ``loss_settings`` and check every key, naming the file."""
+    from ..heads import LOSSES
+
+    for old, (loss, key) in LEGACY_KEYS.items():
+        if old in d:
+            raise ValueError(f"{path}: `{old}` is now `{key}` in a [{loss}] table")
+    tables = {k: d.pop(k) for k in [k for k, v in d.items() if isinstance(v, dict)]}
+    unknown = sorted(set(d) - set(_FIELDS) - {"loss_settings"})
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown settings {unknown}; known: {sorted(_FIELDS)} and one table per "
+            f"loss {sorted(LOSSES)}"
+        )
+    for name, table in tables.items():
+        if name not in LOSSES:
+            raise ValueError(
+                f"{path}: [{name}] is not a loss; tables hold a loss's settings: {sorted(LOSSES)}"
+            )
+        LOSSES[name].check(table, where=f"{path}: [{name}] ")
+    if tables:
+        d["loss_settings"] = tables
+    return d
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` on ``base``; per-loss tables merge key by key (a child file's ``[arcface] m``
+    keeps its parent's ``[arcface] s``)."""
+    out = {**base, **over}
+    if "loss_settings" in base or "loss_settings" in over:
+        tables = {k: dict(v) for k, v in base.get("loss_settings", {}).items()}
+        for k, v in over.get("loss_settings", {}).items():
+            tables[k] = {**tables.get(k, {}), **v}
+        out["loss_settings"] = tables
+    return out
 
 
 def _scale(v: str) -> float | str:
@@ -153,22 +219,39 @@ def _bool(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {v!r}")
 
 
+def _flag_type(default: Any, scale: bool) -> dict[str, Any]:
+    """argparse options for a loss setting like ``default``."""
+    if scale or default == "auto":
+        return {"type": _scale, "metavar": "S|auto"}
+    if isinstance(default, bool):
+        return {"type": _bool, "nargs": "?", "const": True, "metavar": "BOOL"}
+    return {"type": type(default), "metavar": type(default).__name__.upper()}
+
+
 def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
-    """A parser with ``--config`` and one flag per :class:`Config` field, all defaulting to
-    "not given" so that only what the user typed overrides the lower layers."""
+    """A parser with ``--config``, one flag per :class:`Config` field and one per loss setting
+    (``--arcface-s``), all defaulting to "not given" so that only what the user typed overrides
+    the lower layers."""
+    from ..bodies import BODIES
+    from ..callbacks.precision import PRECISIONS
+    from ..heads import LOSSES
+
     ap = argparse.ArgumentParser(
         prog=prog, description=description, argument_default=argparse.SUPPRESS
     )
     ap.add_argument("--config", help="TOML experiment file (see recipes/)")
+    choices = {"loss": sorted(LOSSES), "schedule": SCHEDULES, "precision": PRECISIONS}
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         t = f.type if isinstance(f.type, str) else str(f.type)
-        if f.name in ("arcface_s", "cosface_s"):
-            ap.add_argument(flag, type=_scale, metavar="S|auto")
+        if f.name in ("extra_aug", "loss_settings"):
+            continue  # tables: set them in TOML (loss settings also by the flags below)
+        elif f.name in choices:
+            ap.add_argument(flag, choices=choices[f.name])
+        elif f.name == "arch":
+            ap.add_argument(flag, metavar="BODY", help=f"{', '.join(BODIES)} or timm:NAME")
         elif t == "bool":
             ap.add_argument(flag, type=_bool, nargs="?", const=True, metavar="BOOL")
-        elif f.name == "extra_aug":
-            continue  # a list of tables: set it in TOML
         elif f.name == "val_bins":
             ap.add_argument(flag, nargs="+", metavar="BIN")
         elif t.startswith("int"):
@@ -177,7 +260,40 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
             ap.add_argument(flag, type=float)
         else:
             ap.add_argument(flag, type=str)
+    for name, spec in LOSSES.items():
+        group = ap.add_argument_group(f"{name} settings ({spec.summary})")
+        for key, default in spec.settings.items():
+            group.add_argument(
+                f"--{name}-{key}".replace("_", "-"),
+                dest=f"{name}.{key}",
+                help=f"default {default!r}",
+                **_flag_type(default, scale=key == "s"),
+            )
     return ap
+
+
+def check_config(cfg: Config) -> None:
+    """Errors a run would otherwise meet late (after the data scan, or after lr_find): the
+    loss, its settings, the body, the schedule, the precision."""
+    from ..bodies import BODIES
+    from ..callbacks.precision import PRECISIONS
+    from ..heads import LOSSES, loss_spec
+
+    loss_spec(cfg.loss)
+    for name, table in cfg.loss_settings.items():
+        if name not in LOSSES:
+            raise ValueError(f"settings for {name!r}, which is not a loss; known: {sorted(LOSSES)}")
+        LOSSES[name].check(table)
+    if cfg.arch not in BODIES and not cfg.arch.startswith("timm:"):
+        raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(BODIES)} or timm:NAME")
+    for key, allowed in (
+        ("schedule", SCHEDULES),
+        ("precision", PRECISIONS),
+        ("check", ("quick", "full", "none")),
+        ("preload", ("auto", "on", "off")),
+    ):
+        if getattr(cfg, key) not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
 
 
 def _no_loss_clash(recipe: dict, toml: dict, flags: dict, prog: str) -> None:
@@ -202,6 +318,12 @@ def resolve_config(
     dict saying where each non-default setting came from."""
     args = vars(build_parser(prog).parse_args(argv))
     toml = load_toml(args.pop("config")) if "config" in args else {}
+    flag_tables: dict[str, dict[str, Any]] = {}
+    for k in [k for k in args if "." in k]:
+        loss, key = k.split(".", 1)
+        flag_tables.setdefault(loss, {})[key] = args.pop(k)
+    if flag_tables:
+        args["loss_settings"] = flag_tables
     layers: list[tuple[str, dict[str, Any]]] = [("recipe", recipe or {})]
     if args.get("data", toml.get("data")) is None:
         layers.append(("synthetic", SYNTHETIC_OVERRIDES))
@@ -210,6 +332,8 @@ def resolve_config(
     values: dict[str, Any] = {}
     source: dict[str, str] = {}
     for src, d in layers:
-        for k, v in d.items():
-            values[k], source[k] = v, src
-    return Config(**values), source
+        values = _merge(values, d)
+        source.update(dict.fromkeys(d, src))
+    cfg = Config(**values)
+    check_config(cfg)
+    return cfg, source

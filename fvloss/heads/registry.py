@@ -1,0 +1,144 @@
+"""The loss registry: one name -> a head, its callbacks and its settings.
+
+Everything that offers a choice of cost function reads this one table: ``face_learner(loss=)``,
+``fvloss train --loss`` (its choices and its ``--<loss>-<setting>`` flags), the recipe modules
+``python -m fvloss.recipes.<loss>``, the experiment files' ``[<loss>]`` tables and their checks.
+A loss's settings are the keyword arguments of its head and of its callback, with the defaults of
+their signatures (the papers') unless the registry line overrides them (fvloss's, where a
+measurement said so).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import Head
+
+__all__ = ["LossSpec", "LOSSES", "register_loss", "loss_spec", "build_loss"]
+
+_PLAIN = (bool, int, float, str)  # what a TOML table or a flag can hold
+
+
+def _signature_settings(cls: Callable | None, skip: tuple[str, ...]) -> dict[str, Any]:
+    """Keyword parameters of ``cls`` with plain defaults (``eps``, ``s`` ...), in order."""
+    if cls is None:
+        return {}
+    out = {}
+    for p in inspect.signature(cls).parameters.values():
+        if p.name not in skip and isinstance(p.default, _PLAIN):
+            out[p.name] = p.default
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _same_kind(v: Any, default: Any, scale: bool) -> bool:
+    """``v`` may stand where ``default`` does: a bool for a bool, an int for an int, a number
+    for a float, a string for a string; a scale ``s`` is a number or ``"auto"`` (AdaCos)."""
+    if scale or default == "auto":
+        return v == "auto" or _number(v)
+    if isinstance(default, bool):
+        return isinstance(v, bool)
+    if isinstance(default, int):
+        return isinstance(v, int) and not isinstance(v, bool)
+    if isinstance(default, float):
+        return _number(v)
+    return isinstance(v, str)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """One registered cost function.
+
+    Args:
+        name: the name ``--loss`` takes.
+        head: the :class:`Head` class, built as ``head(emb_dim, n_classes, **head settings)``.
+        callback: a fastai callback class trained with it (``CenterLoss``), built as
+            ``callback(n_classes, emb_dim, **callback settings)``, or None.
+        defaults: fvloss's defaults where they differ from the signatures' (papers') ones.
+        summary: one line for ``--help`` and the README.
+    """
+
+    name: str
+    head: type[Head]
+    callback: type | None = None
+    defaults: dict[str, Any] = field(default_factory=dict)
+    summary: str = ""
+
+    @property
+    def head_settings(self) -> dict[str, Any]:
+        return _signature_settings(self.head, ("emb_dim", "n_classes"))
+
+    @property
+    def callback_settings(self) -> dict[str, Any]:
+        return _signature_settings(self.callback, ("n_classes", "emb_dim"))
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Every setting and its default."""
+        return {**self.head_settings, **self.callback_settings, **self.defaults}
+
+    def check(self, settings: dict[str, Any], where: str = "") -> None:
+        """An unknown key, or a value of the wrong kind, is an error naming it."""
+        known = self.settings
+        for k, v in settings.items():
+            if k not in known:
+                raise ValueError(
+                    f"{where}unknown setting {k!r} of loss {self.name!r}; known: {sorted(known)}"
+                )
+            if not _same_kind(v, known[k], scale=k == "s"):
+                raise ValueError(
+                    f"{where}{self.name}.{k} = {v!r}: expected a value like {known[k]!r}"
+                )
+
+    def build(
+        self, emb_dim: int, n_classes: int, settings: dict[str, Any] | None = None
+    ) -> tuple[Head, list]:
+        """The head and its callbacks, with ``settings`` over the defaults."""
+        settings = dict(settings or {})
+        self.check(settings)
+        full = {**self.settings, **settings}
+        head_kw = {k: full[k] for k in self.head_settings}
+        head = self.head(emb_dim, n_classes, **head_kw)
+        if self.callback is None:
+            return head, []
+        cb_kw = {k: full[k] for k in self.callback_settings}
+        return head, [self.callback(n_classes, emb_dim, **cb_kw)]
+
+
+LOSSES: dict[str, LossSpec] = {}
+
+
+def register_loss(
+    name: str,
+    head: type[Head],
+    callback: type | None = None,
+    summary: str = "",
+    **defaults: Any,
+) -> LossSpec:
+    """Make ``loss=name`` available everywhere (the learner, the CLI, recipes, config files)."""
+    spec = LossSpec(name, head, callback, dict(defaults), summary)
+    unknown = set(defaults) - set(spec.head_settings) - set(spec.callback_settings)
+    if unknown:
+        raise ValueError(f"register_loss({name!r}): {sorted(unknown)} are not settings of it")
+    LOSSES[name] = spec
+    return spec
+
+
+def loss_spec(name: str) -> LossSpec:
+    """The registered loss ``name``; an unknown name is an error listing the known ones."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
+    return LOSSES[name]
+
+
+def build_loss(
+    name: str, emb_dim: int, n_classes: int, settings: dict[str, Any] | None = None
+) -> tuple[Head, list]:
+    """``(head, callbacks)`` of the registered loss ``name``."""
+    return loss_spec(name).build(emb_dim, n_classes, settings)
