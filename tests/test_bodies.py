@@ -184,3 +184,10 @@ def test_timm_body() -> None:
         assert net(torch.randn(2, 3, 64, 64)).shape == (2, 16)
     with pytest.raises(ValueError, match="unknown timm model 'resnet10tt'"):
         build_body("timm:resnet10tt")
+
+
+def test_timm_fixed_size_model_is_built_for_img_size() -> None:
+    pytest.importorskip("timm")
+    net = EmbeddingNet("timm:vit_tiny_patch16_224", emb_dim=16, img_size=64).eval()
+    with torch.no_grad():
+        assert net(torch.randn(2, 3, 64, 64)).shape == (2, 16)  # 224 px positions would fail

@@ -349,3 +349,42 @@ def test_matches_pytorch_metric_learning(kind):
     assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-5)
     assert_close(gemb, e_ref.grad, rtol=1e-5, atol=1e-5)
     assert_close(head.weight.grad, ref.W.grad.T, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- every loss
+
+
+def _boundary_batch(norm: float):
+    """Embeddings exactly on (cos = +1) and opposite (cos = -1) their class weight, plus random
+    ones, all with feature norm ``norm``."""
+    g = torch.Generator().manual_seed(11)
+    y = torch.tensor([0, 1, 2, 3, 4, 5, 0, 1])
+    emb = torch.zeros(8, EMB)
+    emb[:3, :3] = torch.eye(3)  # rows 0-2 along classes 0-2's weights below
+    emb[3:6, 3:6] = -torch.eye(3)  # rows 3-5 against classes 3-5's
+    emb[6:] = torch.randn(2, EMB, generator=g)
+    return norm * torch.nn.functional.normalize(emb), y
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("norm", [1e-4, 1.0, 1e4])
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_every_loss_is_finite_under_autocast_at_the_extremes(name, norm, dtype):
+    head = make_head(name, EMB, C)
+    weight = head.weight if hasattr(head, "weight") else head.fc.weight
+    with torch.no_grad():  # class c's (first) weight along axis c: cos exactly +-1 above
+        weight.copy_(torch.eye(len(weight), EMB) + 0.0)
+    emb, y = _boundary_batch(norm)
+    emb.requires_grad_(True)
+    lin = torch.nn.Linear(EMB, EMB, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(
+            torch.eye(EMB)
+        )  # an identity in front: the autocast dtype reaches the head
+    with torch.autocast("cpu", dtype=dtype):
+        feats = lin(emb)
+        assert feats.dtype == dtype
+        loss = head(feats, y)
+    assert loss.dtype in (torch.float32, torch.float64) and torch.isfinite(loss), name
+    loss.backward()
+    assert torch.isfinite(emb.grad).all() and torch.isfinite(weight.grad).all(), name

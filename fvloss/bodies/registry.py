@@ -38,7 +38,7 @@ def build_body(name: str, img_size: int = 112, pretrained: bool = False) -> nn.M
     if name.startswith("timm:"):
         from .timm import timm_body
 
-        return timm_body(name[len("timm:") :], pretrained)
+        return timm_body(name[len("timm:") :], pretrained, img_size)
     if name not in BODIES:
         raise ValueError(
             f"unknown arch {name!r}; known: {sorted(BODIES)} or timm:NAME "

@@ -14,8 +14,9 @@ from torch import nn
 __all__ = ["timm_body"]
 
 
-def timm_body(name: str, pretrained: bool = False) -> nn.Module:
-    """``timm.create_model(name, num_classes=0)`` with ``out_features = num_features``."""
+def timm_body(name: str, pretrained: bool = False, img_size: int | None = None) -> nn.Module:
+    """``timm.create_model(name, num_classes=0)`` with ``out_features = num_features``; models
+    built for a fixed input size (ViTs) are built for ``img_size``."""
     try:
         import timm
     except ImportError as e:  # an optional extra: say how to get it
@@ -27,6 +28,9 @@ def timm_body(name: str, pretrained: bool = False) -> nn.Module:
         close = timm.list_models(f"*{name}*")[:10]
         hint = f"; similar: {close}" if close else ""
         raise ValueError(f"unknown timm model {name!r} (see timm.list_models()){hint}")
-    net = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    try:  # models with a fixed input size take img_size; the others reject the keyword
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0, img_size=img_size)
+    except TypeError:
+        net = timm.create_model(name, pretrained=pretrained, num_classes=0)
     net.out_features = int(net.num_features)
     return net
