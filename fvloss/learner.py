@@ -107,7 +107,7 @@ def face_learner(
         val_pairs: verification pairs drawn from the validation identities every epoch (AUC,
             10-fold accuracy, TAR@FAR, EER in the progress table); ``None`` to skip.
         val_seed: the seed of that draw (the recipes pass the run's seed).
-        margin_hold, margin_warmup: the margin schedule of heads with a rampable ``m``
+        margin_hold, margin_warmup: the margin schedule of heads with margins (``head.margins``)
             (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
         channels_last: NHWC weights, faster for convolutions on CPU and tensor cores.
@@ -134,7 +134,7 @@ def face_learner(
         model.embedder.compile()
     # epoch e's shuffle and augmentation (fvloss.seeded); where each epoch's seconds go
     cbs = [SetEpoch(), TimeBreakdown(), *loss_cbs, *(cbs or [])]
-    if (margin_hold or margin_warmup) and getattr(head, "schedulable_margin", False):
+    if (margin_hold or margin_warmup) and getattr(head, "margins", None):
         cbs.append(MarginSchedule(margin_hold, margin_warmup))
     if val_pairs:
         # held-out identities first: their columns lead the table, protocols' (cbs) follow

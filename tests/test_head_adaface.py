@@ -240,6 +240,6 @@ def test_paper_defaults_and_settings():
     head = AdaFaceHead(EMB, C)
     assert (head.s, head.m, head.h, head.t_alpha, head.eps) == (64.0, 0.4, 0.333, 0.01, 1e-3)
     assert (head.batch_mean.item(), head.batch_std.item()) == (20.0, 100.0)
-    assert head.schedulable_margin
+    assert head.margins == {"m": 0.0}
     spec = LossSpec("adaface", AdaFaceHead)
     assert spec.head_settings == {"s": 64.0, "m": 0.4, "h": 0.333, "t_alpha": 0.01, "eps": 1e-3}

@@ -198,7 +198,7 @@ def test_finite_under_bf16_autocast_at_the_extremes():
 def test_settings_and_paper_defaults():
     head = CombinedMarginHead(EMB, C)
     assert (head.s, head.m1, head.m2, head.m3, head.eps) == (64.0, 1.0, 0.3, 0.2, 1e-7)
-    assert CombinedMarginHead.schedulable_margin is False
+    assert CombinedMarginHead.margins == {"m1": 1.0, "m2": 0.0, "m3": 0.0}
     assert CombinedMarginHead(EMB, 10, s="auto").s == pytest.approx(math.sqrt(2) * math.log(9))
     assert LossSpec("combined", CombinedMarginHead).head_settings == dict(
         s=64.0, m1=1.0, m2=0.3, m3=0.2, eps=1e-7

@@ -190,7 +190,7 @@ def test_finite_at_extremes(autocast, training):
 def test_paper_defaults_and_settings():
     head = ElasticArcHead(EMB, C)
     assert (head.s, head.m, head.std) == (64.0, 0.5, 0.05)
-    assert head.schedulable_margin
+    assert head.margins == {"m": 0.0}
     assert LossSpec("elasticface", ElasticArcHead).head_settings == {
         "s": 64.0,
         "m": 0.5,

@@ -151,7 +151,7 @@ def test_regulariser_value_and_gradient_by_hand():
     assert abs(radial[1].item()) > 1e-3
 
 
-def test_no_schedulable_margin_and_settings():
+def test_margins_and_settings():
     head = MagFaceHead(EMB, C)
     assert (head.s, head.l_a, head.u_a, head.l_m, head.u_m, head.lambda_g) == (
         64.0,
@@ -161,7 +161,7 @@ def test_no_schedulable_margin_and_settings():
         0.8,
         35.0,
     )
-    assert head.schedulable_margin is False
+    assert head.margins == {"l_m": 0.0, "u_m": 0.0}
     settings = LossSpec("magface", MagFaceHead).head_settings
     assert settings == {
         "s": 64.0,

@@ -232,7 +232,7 @@ def test_plain_a_softmax_matches_pytorch_metric_learning():
 def test_settings_and_paper_defaults():
     head = SphereFaceHead(EMB, C)
     assert (head.m, head.base, head.gamma, head.power, head.lambda_min) == (4, 1000, 0.12, 1, 5)
-    assert SphereFaceHead.schedulable_margin is False
+    assert SphereFaceHead.margins == {}
     assert LossSpec("sphereface", SphereFaceHead).head_settings == dict(
         m=4, base=1000.0, gamma=0.12, power=1.0, lambda_min=5.0
     )

@@ -263,7 +263,7 @@ def test_finite_under_bf16_autocast_at_the_extremes():
 def test_settings_and_paper_defaults():
     head = SubCenterArcFaceHead(EMB, C)
     assert (head.s, head.m, head.n_sub, head.drop_angle) == (64.0, 0.5, 3, 75.0)
-    assert head.weight.shape == (C * 3, EMB) and head.schedulable_margin
+    assert head.weight.shape == (C * 3, EMB) and head.margins == {"m": 0.0}
     spec = LossSpec("subcenter", SubCenterArcFaceHead, SubCenterDrop, {"s": "auto"})
     assert spec.settings == dict(s="auto", m=0.5, k=3, drop_angle=75.0, eps=1e-7, drop_at=0.0)
     head, (cb,) = spec.build(EMB, 10, {"k": 2, "drop_at": 0.5})

@@ -11,13 +11,11 @@ from fvloss.learner import face_learner
 
 def test_margin_at_follows_hold_then_linear_ramp():
     cb = MarginSchedule(hold=0.2, warmup=0.4)
-    cb.m_full = 0.5
-    assert [cb.margin_at(t) for t in (0.0, 0.19, 0.2, 0.4, 0.6, 0.9)] == pytest.approx(
-        [0, 0, 0, 0.25, 0.5, 0.5]
+    assert [cb.factor_at(t) for t in (0.0, 0.19, 0.2, 0.4, 0.6, 0.9)] == pytest.approx(
+        [0, 0, 0, 0.5, 1, 1]
     )
     step = MarginSchedule(hold=0.3, warmup=0.0)
-    step.m_full = 0.5
-    assert (step.margin_at(0.29), step.margin_at(0.3)) == (0.0, 0.5)
+    assert (step.factor_at(0.29), step.factor_at(0.3)) == (0.0, 1.0)
     with pytest.raises(ValueError):
         MarginSchedule(hold=0.8, warmup=0.4)
 
@@ -54,3 +52,41 @@ def test_lr_find_sees_the_starting_margin_only(dls):
     learn.lr_find(num_it=6, show_plot=False)
     assert spy.ms and {m for _, m in spy.ms} == {0.0}
     assert learn.model.head.m == 0.5
+
+
+class AllMarginsSpy(Callback):
+    order = MarginSchedule.order + 1
+
+    def before_fit(self):
+        self.seen = []
+
+    def before_batch(self):
+        if self.training:
+            head = self.learn.model.head
+            self.seen.append((self.pct_train, {a: getattr(head, a) for a in head.margins}))
+
+
+@pytest.mark.parametrize(
+    ("loss", "full", "none"),
+    [
+        ("combined", {"m1": 1.0, "m2": 0.3, "m3": 0.2}, {"m1": 1.0, "m2": 0.0, "m3": 0.0}),
+        ("magface", {"l_m": 0.45, "u_m": 0.8}, {"l_m": 0.0, "u_m": 0.0}),
+    ],
+)
+def test_every_margin_of_a_head_ramps_from_its_no_margin_value(dls, loss, full, none):
+    learn = face_learner(
+        dls, loss=loss, arch="resnet18", emb_dim=8, val_pairs=None, margin_warmup=0.5
+    )
+    spy = AllMarginsSpy()
+    learn.fit(1, 1e-3, cbs=spy)
+    for t, got in spy.seen:
+        f = min(1.0, t / 0.5)
+        assert got == pytest.approx({a: none[a] + f * (full[a] - none[a]) for a in full})
+    assert spy.seen[0][1] == pytest.approx(none)
+    assert {a: getattr(learn.model.head, a) for a in full} == pytest.approx(full)
+
+
+def test_sphereface_has_no_warm_up_callback(dls):
+    learn = face_learner(dls, loss="sphereface", arch="resnet18", emb_dim=8, val_pairs=None,
+                         margin_warmup=0.3)  # fmt: skip
+    assert not any(isinstance(c, MarginSchedule) for c in learn.cbs)

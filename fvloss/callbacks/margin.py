@@ -14,12 +14,14 @@ __all__ = ["MarginSchedule"]
 
 
 class MarginSchedule(Callback):
-    """Margin ``m(t)`` over the training progress ``t = pct_train`` in [0, 1]:
-    0 for ``t < hold``, then a linear ramp to the head's full margin over ``warmup``, then full.
+    """Margins over the training progress ``t = pct_train`` in [0, 1]: none for ``t < hold``,
+    then a linear ramp to the head's full margins over ``warmup``, then full.
 
     ``hold=0.3, warmup=0`` is softmax (normalised) pre-training followed by the margin;
-    ``hold=0, warmup=0.3`` is a margin warm-up. The head must have an ``m`` attribute
-    (fvloss's :class:`~fvloss.heads.MarginHead`); ``head`` picks it, default ``model.head``.
+    ``hold=0, warmup=0.3`` is a margin warm-up. The head names its margins in ``margins``,
+    ``{attribute: value without margin}`` (fvloss's :class:`~fvloss.heads.MarginHead`: ArcFace
+    ``{"m": 0}``, the combined margin ``{"m1": 1, "m2": 0, "m3": 0}``, MagFace's bounds);
+    ``head`` picks the head, default ``model.head``.
     """
 
     order = 5  # before the forward pass of each batch (and before MixedPrecision, 10)
@@ -29,24 +31,27 @@ class MarginSchedule(Callback):
             raise ValueError(
                 f"need hold >= 0, warmup >= 0 and hold + warmup <= 1, got {hold}, {warmup}"
             )
-        self.hold, self.warmup, self.head_fn, self.m_full = hold, warmup, head, None
+        self.hold, self.warmup, self.head_fn = hold, warmup, head
+        self.full: dict[str, float] | None = None
 
     def _head(self):
         return self.head_fn(self.learn.model) if self.head_fn else self.learn.model.head
 
     def before_fit(self) -> None:
-        if self.m_full is None:
-            self.m_full = float(self._head().m)
+        if self.full is None:
+            head = self._head()
+            self.full = {a: float(getattr(head, a)) for a in head.margins}
 
-    def margin_at(self, t: float) -> float:
-        """The margin at training progress ``t`` in [0, 1]."""
+    def factor_at(self, t: float) -> float:
+        """How much of the full margins applies at training progress ``t`` in [0, 1]."""
         if t < self.hold:
-            f = 0.0
-        elif self.warmup > 0:
-            f = min(1.0, (t - self.hold) / self.warmup)
-        else:
-            f = 1.0
-        return f * self.m_full
+            return 0.0
+        return min(1.0, (t - self.hold) / self.warmup) if self.warmup > 0 else 1.0
+
+    def _set(self, f: float) -> None:
+        head = self._head()
+        for a, none in head.margins.items():
+            setattr(head, a, none + f * (self.full[a] - none))
 
     def before_batch(self) -> None:
         if not self.training:
@@ -54,8 +59,7 @@ class MarginSchedule(Callback):
         # lr_find's mock training also runs pct_train from 0 to 1: ramping the margin there
         # would make the loss climb with the lr for another reason, and the suggested lr
         # collapse (seen: 6e-7). It sees the loss training starts with instead.
-        t = 0.0 if hasattr(self.learn, "lr_finder") else self.pct_train
-        self._head().m = self.margin_at(t)
+        self._set(self.factor_at(0.0 if hasattr(self.learn, "lr_finder") else self.pct_train))
 
     def after_fit(self) -> None:
-        self._head().m = self.m_full  # a saved / exported head carries its real margin
+        self._set(1.0)  # a saved / exported head carries its real margins

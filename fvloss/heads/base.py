@@ -101,8 +101,8 @@ class MarginHead(Head):
         n_sub: class weights per class (sub-center ArcFace); the cosine to a class is the best one.
     """
 
-    #: whether ``m`` is a margin that MarginSchedule may ramp in (an angle or a cosine offset)
-    schedulable_margin = True
+    #: the margins a warm-up (MarginSchedule) ramps in: ``{attribute: value without margin}``
+    margins: dict[str, float] = {"m": 0.0}
 
     def __init__(self, emb_dim: int, n_classes: int, s: float | str, m: float, n_sub: int = 1):
         super().__init__()

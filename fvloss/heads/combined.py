@@ -24,7 +24,7 @@ class CombinedMarginHead(MarginHead):
     fall-back serves the same end for m2 alone); there the target is ``-1 - m3``, flat.
     """
 
-    schedulable_margin = False  # three margins; MarginSchedule would ramp only m (= m2)
+    margins = {"m1": 1.0, "m2": 0.0, "m3": 0.0}  # a warm-up ramps all three (m1 from 1)
 
     def __init__(
         self,

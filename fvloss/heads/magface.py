@@ -23,8 +23,8 @@ class MagFaceHead(MarginHead):
     BatchNorm1d, whose affine weight still lets the norm grow or shrink.
     """
 
-    #: the margin is a function of the norm, not a constant a warm-up could ramp
-    schedulable_margin = False
+    #: a warm-up ramps the margin's bounds: m(a) = 0 without margin
+    margins = {"l_m": 0.0, "u_m": 0.0}
 
     def __init__(
         self,

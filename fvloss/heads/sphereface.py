@@ -21,7 +21,7 @@ class SphereFaceHead(MarginHead):
     lambda_min=5). ``base=0, lambda_min=0`` is plain A-Softmax.
     """
 
-    schedulable_margin = False  # m multiplies the angle: a warm-up ramp from 0 makes no sense
+    margins: dict[str, float] = {}  # an integer m, eased in by its own lambda annealing instead
 
     def __init__(
         self,
