@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +429,42 @@ def test_a_checkpoint_is_one_file(softmax_run, tmp_path):
     assert softmax.main(["--resume", str(run), "--epochs", "2", "--progress", "false"]) == 0
     assert len(read_json(run / "metrics.json")["history"]) == 2  # resumed at epoch 1, not 99
     assert read_json(run / "checkpoints" / "last.json")["epoch"] == 2
+
+
+# ----------------------------------------------------------------------------- recipe modules
+
+
+def test_every_registered_loss_has_its_recipe_module():
+    """``fvloss.recipes.<loss>`` comes from the registry: no file per loss to keep in step."""
+    import importlib
+
+    from fvloss.heads import LOSSES
+
+    for name in LOSSES:
+        mod = importlib.import_module(f"fvloss.recipes.{name}")
+        assert callable(mod.main) and f"python -m fvloss.recipes.{name}" in mod.__doc__
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("fvloss.recipes.tripletface")
+    # the runner and the compat module are still real files
+    assert importlib.import_module("fvloss.recipes.base").__file__.endswith("base.py")
+
+
+def test_a_loss_registered_later_gets_a_recipe_module(monkeypatch):
+    import importlib
+
+    from fvloss.heads import LOSSES, CosFaceHead, register_loss
+
+    monkeypatch.setitem(LOSSES, "mycos", LOSSES["cosface"])  # restored after the test
+    register_loss("mycos", CosFaceHead, summary="a user's loss")
+    mod = importlib.import_module("fvloss.recipes.mycos")
+    assert "a user's loss" in mod.__doc__
+    monkeypatch.delitem(sys.modules, "fvloss.recipes.mycos")
+
+
+def test_recipe_module_runs_with_python_dash_m():
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "fvloss.recipes.adaface", "--help"],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "python -m fvloss.recipes.adaface" in p.stdout and "--adaface-h" in p.stdout
