@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
         ["-m", "bench.gpu_bench", "--dry-run"],
         ["bench/overhead.py", "--quick", "--keep-memory"],
         ["bench/data_pipeline.py", "--quick", "--keep-memory"],
+        ["bench/bodies.py", "--quick"],
     ],
-    ids=["gpu_bench", "overhead", "data_pipeline"],
+    ids=["gpu_bench", "overhead", "data_pipeline", "bodies"],
 )
 def test_bench_script_runs(args, tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TMPDIR": str(tmp_path)}
