@@ -13,29 +13,30 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from heads_common import (
+    EMB,
+    EXTREME_COS,
+    B,
+    C,
+    assert_matches_ref,
+    ce64,
+    check_finite_under_autocast,
+    cosines64,
+    extreme_inputs,
+    near_far_inputs,
+    run_head,
+    run_ref,
+)
 
 from fvloss.heads.adaface import AdaFaceHead
 from fvloss.heads.registry import LossSpec
 
-EMB, C, B = 8, 6, 24
 EPS, H, T_ALPHA = 1e-3, 0.333, 0.01
-
-
-def _cosines64(emb, weight):
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
-
-
-def _ce64(logits, y):
-    zmax = logits.max(1, keepdim=True).values
-    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
-    return (lse - logits[torch.arange(len(y)), y]).mean()
 
 
 def adaface_parts(emb, weight, y, m, mean0, std0, training=True):
     """The paper's quantities in float64: cosines, z (unclipped and clipped), theta, stats."""
-    cos = _cosines64(emb, weight)
+    cos = cosines64(emb, weight)
     norm = torch.sqrt((emb * emb).sum(1)).detach().clamp(0.001, 100.0)
     mean, std = mean0, std0
     if training:  # EMA first; unbiased std of the batch
@@ -54,42 +55,16 @@ def adaface_ref(emb, weight, y, s, m, mean0, std0, training=True):
     target = torch.cos((theta - m * z).clamp(EPS, math.pi - EPS)) - (m + m * z)
     onehot = F.one_hot(y, cos.shape[1]).to(cos)
     logits = s * (cos * (1 - onehot) + target[:, None] * onehot)
-    return logits, _ce64(logits, y)
+    return logits, ce64(logits, y)
 
 
 def make_inputs(seed):
     """Rows 0-5 near their class, 6-11 nearly opposite, the rest random; high and low norms
     among the near and the opposite rows, so that both angle clips act."""
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(C, EMB, generator=g)
-    y = torch.arange(B) % C
-    d = torch.randn(B, EMB, generator=g)
-    w_y = F.normalize(weight[y])
-    d[:6] = 3 * w_y[:6] + 0.3 * torch.randn(6, EMB, generator=g)
-    d[6:12] = -3 * w_y[6:12] + 0.3 * torch.randn(6, EMB, generator=g)
+    d, weight, y = near_far_inputs(seed)
     norms = torch.tensor([11.0, 12.0, 6.0, 2.0, 9.0, 0.7, 0.5, 1.0, 11.5, 6.5, 0.8, 3.0])
     norms = torch.cat([norms, torch.linspace(0.6, 11.7, B - 12)])
     return F.normalize(d) * norms[:, None], weight, y
-
-
-def run_ref(emb, weight, y, *args, **kwargs):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss = adaface_ref(e64, w64, y, *args, **kwargs)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad
-
-
-def run_head(head, emb, y):
-    emb = emb.clone().requires_grad_(True)
-    head.zero_grad(set_to_none=True)
-    loss = head(emb, y)
-    loss.backward()
-    return loss, emb.grad
-
-
-def assert_close(a, b, rtol=1e-5, atol=1e-5):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().double().numpy(), rtol, atol)
 
 
 def new_head(weight, s=64.0, m=0.4, mean=6.0, std=1.5):
@@ -117,13 +92,10 @@ def test_matches_float64_reference(training, m, s, dtype):
     assert ((z_raw.abs() - 1).abs().min() > 2e-3) and (cos_t.abs().max() < 1 - EPS - 2e-3)
     assert min((angle - EPS).abs().min(), (angle - math.pi + EPS).abs().min()) > 2e-3
     head = new_head(weight, s, m).to(dtype).train(training)
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(emb, weight, y, s, m, 6.0, 1.5, training)
+    ref = run_ref(adaface_ref, emb, weight, y, s, m, 6.0, 1.5, training)
     loss, gemb = run_head(head, emb.to(dtype), y)
     atol = 1e-5 * s
-    assert_close(head.last_logits, ref_logits, atol=atol)
-    assert_close(loss, ref_loss, atol=atol)
-    assert_close(gemb, ref_gemb, atol=atol)
-    assert_close(head.weight.grad, ref_gw, atol=atol)
+    assert_matches_ref(head, loss, gemb, ref, atol=atol)
     assert head.batch_mean.item() == pytest.approx(mean, rel=1e-6)
     assert head.batch_std.item() == pytest.approx(std, rel=1e-6)
 
@@ -204,35 +176,13 @@ def test_buffers_fixed_in_eval_and_saved_in_state_dict():
     assert other.batch_mean.item() == head.batch_mean.item()
 
 
-def extreme_inputs():
-    """cos exactly +1 (rows 0-2) and -1 (rows 3-5), feature norms 1e-4, 1 and 1e4."""
-    y = torch.arange(6)
-    emb = torch.zeros(6, EMB)
-    for i, v in enumerate([1e-4, 1.0, 1e4, -1e-4, -1.0, -1e4]):
-        emb[i, i] = v
-    return emb, 2.0 * torch.eye(C, EMB), y
-
-
 @pytest.mark.parametrize("autocast", [True, False])
 def test_finite_at_extremes(autocast):
-    emb, weight, y = extreme_inputs()
+    emb, weight, y = extreme_inputs([1e-4, 1.0, 1e4, -1e-4, -1.0, -1e4])  # norms 1e-4 to 1e4
     head = new_head(weight, m=0.4, mean=1.0, std=1.0)
-    lin = torch.nn.Linear(EMB, EMB)  # a bf16 producer in front, as the embedder
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(EMB))
-        lin.bias.zero_()
-    emb.requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        feats = lin(emb)
-        assert feats.dtype == (torch.bfloat16 if autocast else torch.float32)
-        cos_t = head.cosine(feats).gather(1, y[:, None])[:, 0]
-        assert cos_t.tolist() == [1.0, 1.0, 1.0, -1.0, -1.0, -1.0]  # really at the boundary
-        loss = head(feats, y)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    for g in (emb.grad, lin.weight.grad, head.weight.grad):
-        assert torch.isfinite(g).all()
-    assert head.weight.grad.abs().sum() > 0
+    # a bf16 producer in front, as the embedder; its gradient too stays finite
+    lin = check_finite_under_autocast(head, emb, y, enabled=autocast, expect_cos=EXTREME_COS)
+    assert torch.isfinite(lin.weight.grad).all()
     assert torch.isfinite(head.batch_mean).all() and torch.isfinite(head.batch_std).all()
 
 

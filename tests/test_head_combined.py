@@ -7,26 +7,29 @@ import math
 import numpy as np
 import pytest
 import torch
+from heads_common import (
+    EMB,
+    EXTREME_COS,
+    B,
+    C,
+    assert_close,
+    assert_matches_ref,
+    ce64,
+    check_finite_under_autocast,
+    cosines64,
+    extreme_inputs,
+    near_far_inputs,
+    run_head,
+    run_ref,
+    with_weight,
+)
 
 from fvloss.heads.arcface import ArcFaceHead
 from fvloss.heads.combined import CombinedMarginHead
 from fvloss.heads.cosface import CosFaceHead
 from fvloss.heads.registry import LossSpec
 
-EMB, C, B = 8, 6, 24
 MARGINS = [(1.0, 0.3, 0.2), (0.9, 0.4, 0.15), (1.2, 0.0, 0.35)]
-
-
-def cosines64(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
-
-
-def ce64(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    zmax = logits.max(1, keepdim=True).values
-    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
-    return (lse - logits[torch.arange(len(y)), y]).mean()
 
 
 def combined_ref(emb, weight, y, s, m1, m2, m3):
@@ -44,13 +47,7 @@ def combined_ref(emb, weight, y, s, m1, m2, m3):
 def combined_inputs(seed: int):
     """Targets near (small theta), opposite (past the clamp for every MARGINS), random; none
     within 2e-3 of a clamp point or of cos = +-1 (where the reference's acos has no gradient)."""
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(C, EMB, generator=g)
-    y = torch.arange(B) % C
-    emb = torch.randn(B, EMB, generator=g)
-    w_y = weight[y] / weight[y].norm(dim=1, keepdim=True)
-    emb[:6] = 3 * w_y[:6] + 0.3 * torch.randn(6, EMB, generator=g)
-    emb[6:12] = -3 * w_y[6:12] + 0.05 * torch.randn(6, EMB, generator=g)
+    emb, weight, y = near_far_inputs(seed, far_noise=0.05)
     theta = torch.arccos(cosines64(emb.double(), weight.double())[torch.arange(B), y])
     for m1, m2, _ in MARGINS:
         assert (theta - (math.pi - m2) / m1).abs().min() > 2e-3
@@ -58,57 +55,27 @@ def combined_inputs(seed: int):
     return emb, weight, y
 
 
-def run_ref(emb, weight, y, *args):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss = combined_ref(e64, w64, y, *args)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad
-
-
-def run_head(head, emb, y):
-    emb = emb.clone().requires_grad_(True)
-    loss = head(emb, y)
-    loss.backward()
-    return loss, emb.grad
-
-
-def assert_close(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().double().numpy(), rtol, atol)
-
-
-def with_weight(head, weight):
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    return head
-
-
 @pytest.mark.parametrize("m1, m2, m3", MARGINS)
 @pytest.mark.parametrize("s", [64.0, 8.0])
 def test_matches_float64_reference(m1, m2, m3, s):
     emb, weight, y = combined_inputs(0)
     head = with_weight(CombinedMarginHead(EMB, C, s=s, m1=m1, m2=m2, m3=m3), weight)
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(emb, weight, y, s, m1, m2, m3)
+    ref = run_ref(combined_ref, emb, weight, y, s, m1, m2, m3)
     # both sides of the clamp are exercised
     theta = torch.arccos(head.cosine(emb).gather(1, y[:, None])[:, 0])
     past = m1 * theta + m2 > math.pi
     assert past.any() and (~past).any()
     loss, gemb = run_head(head, emb, y)
-    assert_close(head.last_logits, ref_logits, atol=1e-6 * s)
-    assert_close(loss, ref_loss, atol=1e-6 * s)
-    assert_close(gemb, ref_gemb, atol=1e-6 * s)
-    assert_close(head.weight.grad, ref_gw, atol=1e-6 * s)
+    assert_matches_ref(head, loss, gemb, ref, atol=1e-6 * s)
 
 
 def test_float64_module_matches_reference():
     emb, weight, y = combined_inputs(1)
     head = with_weight(CombinedMarginHead(EMB, C), weight).double()
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(emb, weight, y, 64.0, 1.0, 0.3, 0.2)
+    ref = run_ref(combined_ref, emb, weight, y, 64.0, 1.0, 0.3, 0.2)
     loss, gemb = run_head(head, emb.double(), y)
     assert gemb.dtype == torch.float64
-    assert_close(loss, ref_loss, atol=64e-6)
-    assert_close(gemb, ref_gemb, atol=64e-6)
-    assert_close(head.weight.grad, ref_gw, atol=64e-6)
+    assert_matches_ref(head, loss, gemb, ref, atol=64e-6, logits=False)
 
 
 def two_d_head(**kw) -> CombinedMarginHead:
@@ -173,26 +140,10 @@ def test_special_cases_are_arcface_and_cosface():
 
 
 def test_finite_under_bf16_autocast_at_the_extremes():
-    head = with_weight(CombinedMarginHead(EMB, C), 2.0 * torch.eye(C, EMB))
-    y = torch.tensor([0, 1, 2, 3, 4, 5])
-    emb = torch.zeros(6, EMB)
-    emb[0, 0], emb[1, 1], emb[2, 2] = 3.0, 1e-4, 1e4  # cos exactly +1
-    emb[3, 3], emb[4, 4], emb[5, 5] = -3.0, -1e-4, -1e4  # cos exactly -1
-    lin = torch.nn.Linear(EMB, EMB)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(EMB))
-        lin.bias.zero_()
-    x = emb.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = lin(x)
-        assert feats.dtype == torch.bfloat16
-        cos_t = head.cosine(feats).gather(1, y[:, None])[:, 0]
-        loss = head(feats, y)
-    assert cos_t.tolist() == [1.0] * 3 + [-1.0] * 3
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
-    assert head.weight.grad.abs().sum() > 0
+    # rows 0-2 along their class weight (cos exactly +1), rows 3-5 against it (-1)
+    emb, weight, y = extreme_inputs([3.0, 1e-4, 1e4, -3.0, -1e-4, -1e4])
+    head = with_weight(CombinedMarginHead(EMB, C), weight)
+    check_finite_under_autocast(head, emb, y, expect_cos=EXTREME_COS)
 
 
 def test_settings_and_paper_defaults():

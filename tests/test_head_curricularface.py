@@ -7,23 +7,23 @@ import math
 import numpy as np
 import pytest
 import torch
+from heads_common import (
+    EMB,
+    EXTREME_COS,
+    B,
+    C,
+    assert_matches_ref,
+    ce64,
+    check_finite_under_autocast,
+    cosines64,
+    extreme_inputs,
+    margin_inputs,
+    run_head,
+    run_ref,
+)
 
 from fvloss.heads.curricularface import CurricularFaceHead
 from fvloss.heads.registry import LossSpec
-
-EMB, C, B = 8, 6, 24
-
-
-def cosines64(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
-
-
-def ce64(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    zmax = logits.max(1, keepdim=True).values
-    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
-    return (lse - logits[torch.arange(len(y)), y]).mean()
 
 
 def curricular_ref(emb, weight, y, s, m, t_old, training):
@@ -47,41 +47,15 @@ def curricular_ref(emb, weight, y, s, m, t_old, training):
 def curricular_inputs(seed: int, m: float = 0.5):
     """Targets near, opposite (past the fall-back point) and random; negatives on both sides of
     cos(theta_y + m); none within 2e-3 of a branch point."""
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(C, EMB, generator=g)
-    y = torch.arange(B) % C
-    emb = torch.randn(B, EMB, generator=g)
-    w_y = weight[y] / weight[y].norm(dim=1, keepdim=True)
-    emb[:6] = 3 * w_y[:6] + 0.3 * torch.randn(6, EMB, generator=g)
-    emb[6:12] = -3 * w_y[6:12] + 0.3 * torch.randn(6, EMB, generator=g)
+    emb, weight, y = margin_inputs(seed, m)  # asserts the targets' distance to the fall-back
     cos = cosines64(emb.double(), weight.double())
     cos_t = cos[torch.arange(B), y]
-    assert (cos_t - math.cos(math.pi - m)).abs().min() > 2e-3
     t_m = torch.cos(torch.arccos(cos_t) + m)[:, None]
     neg = torch.ones_like(cos, dtype=torch.bool)
     neg[torch.arange(B), y] = False
     assert (cos - t_m)[neg].abs().min() > 2e-3
     assert (cos > t_m)[neg].any() and (cos <= t_m)[neg].any()
     return emb, weight, y
-
-
-def run_ref(emb, weight, y, *args):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss, t = curricular_ref(e64, w64, y, *args)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad, t
-
-
-def run_head(head, emb, y):
-    emb = emb.clone().requires_grad_(True)
-    loss = head(emb, y)
-    loss.backward()
-    return loss, emb.grad
-
-
-def assert_close(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().double().numpy(), rtol, atol)
 
 
 def make_head(weight, t: float = 0.0, **kw) -> CurricularFaceHead:
@@ -97,28 +71,23 @@ def make_head(weight, t: float = 0.0, **kw) -> CurricularFaceHead:
 def test_matches_float64_reference(t_old, training, s, m):
     emb, weight, y = curricular_inputs(0, m)
     head = make_head(weight, t_old, s=s, m=m).train(training)
-    ref_logits, ref_loss, ref_gemb, ref_gw, t = run_ref(emb, weight, y, s, m, t_old, training)
+    *ref, t = run_ref(curricular_ref, emb, weight, y, s, m, t_old, training)
     cos_t = head.cosine(emb).gather(1, y[:, None])[:, 0]
     beyond = cos_t < math.cos(math.pi - m)
     assert beyond.any() and (~beyond).any()  # both sides of the fall-back
     loss, gemb = run_head(head, emb, y)
     assert head.t.item() == pytest.approx(t, rel=1e-6, abs=1e-8)
-    assert_close(head.last_logits, ref_logits, atol=1e-6 * s)
-    assert_close(loss, ref_loss, atol=1e-6 * s)
-    assert_close(gemb, ref_gemb, atol=1e-6 * s)
-    assert_close(head.weight.grad, ref_gw, atol=1e-6 * s)
+    assert_matches_ref(head, loss, gemb, ref, atol=1e-6 * s)
 
 
 def test_float64_module_matches_reference():
     emb, weight, y = curricular_inputs(1)
     head = make_head(weight, 0.4).double()
-    _, ref_loss, ref_gemb, ref_gw, t = run_ref(emb, weight, y, 64.0, 0.5, 0.4, True)
+    *ref, t = run_ref(curricular_ref, emb, weight, y, 64.0, 0.5, 0.4, True)
     loss, gemb = run_head(head, emb.double(), y)
     assert gemb.dtype == torch.float64 and head.t.dtype == torch.float64
     assert head.t.item() == pytest.approx(t, rel=1e-6)
-    assert_close(loss, ref_loss, atol=64e-6)
-    assert_close(gemb, ref_gemb, atol=64e-6)
-    assert_close(head.weight.grad, ref_gw, atol=64e-6)
+    assert_matches_ref(head, loss, gemb, ref, atol=64e-6, logits=False)
 
 
 def test_negative_modulation_by_hand_in_2d():
@@ -189,27 +158,11 @@ def test_state_dict_round_trip():
 
 
 def test_finite_under_bf16_autocast_at_the_extremes():
-    head = make_head(2.0 * torch.eye(C, EMB), 0.5)
-    y = torch.tensor([0, 1, 2, 3, 4, 5])
-    emb = torch.zeros(6, EMB)
-    emb[0, 0], emb[1, 1], emb[2, 2] = 3.0, 1e-4, 1e4  # cos exactly +1
-    emb[3, 3], emb[4, 4], emb[5, 5] = -3.0, -1e-4, -1e4  # cos exactly -1
-    lin = torch.nn.Linear(EMB, EMB)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(EMB))
-        lin.bias.zero_()
-    x = emb.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = lin(x)
-        assert feats.dtype == torch.bfloat16
-        cos_t = head.cosine(feats).gather(1, y[:, None])[:, 0]
-        loss = head(feats, y)
-    assert cos_t.tolist() == [1.0] * 3 + [-1.0] * 3
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    # rows 0-2 along their class weight (cos exactly +1), rows 3-5 against it (-1)
+    emb, weight, y = extreme_inputs([3.0, 1e-4, 1e4, -3.0, -1e-4, -1e4])
+    head = make_head(weight, 0.5)
+    check_finite_under_autocast(head, emb, y, expect_cos=EXTREME_COS)
     assert torch.isfinite(head.t)
-    loss.backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
-    assert head.weight.grad.abs().sum() > 0
 
 
 def test_settings_and_paper_defaults():

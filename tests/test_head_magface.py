@@ -13,28 +13,30 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from heads_common import (
+    EMB,
+    EXTREME_COS,
+    B,
+    C,
+    assert_matches_ref,
+    ce64,
+    check_finite_under_autocast,
+    cosines64,
+    extreme_inputs,
+    near_far_inputs,
+    run_head,
+    run_ref,
+    with_weight,
+)
 
 from fvloss.heads.magface import MagFaceHead
 from fvloss.heads.registry import LossSpec
 
-EMB, C, B = 8, 6, 24
 L_A, U_A, L_M, U_M = 10.0, 110.0, 0.45, 0.8
 
 
-def _cosines64(emb, weight):
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
-
-
-def _ce64(logits, y):
-    zmax = logits.max(1, keepdim=True).values
-    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
-    return (lse - logits[torch.arange(len(y)), y]).mean()
-
-
 def magface_parts(emb, weight, y):
-    cos = _cosines64(emb, weight)
+    cos = cosines64(emb, weight)
     norm = torch.sqrt((emb * emb).sum(1))
     a = norm.clamp(L_A, U_A)
     m = (U_M - L_M) / (U_A - L_A) * (a - L_A) + L_M
@@ -48,41 +50,16 @@ def magface_ref(emb, weight, y, s, lambda_g):
     onehot = F.one_hot(y, cos.shape[1]).to(cos)
     logits = s * (cos * (1 - onehot) + target[:, None] * onehot)
     g = 1 / a + a / U_A**2
-    return logits, _ce64(logits, y) + lambda_g * g.mean()
+    return logits, ce64(logits, y) + lambda_g * g.mean()
 
 
 def make_inputs(seed):
     """Rows 0-5 near their class, 6-11 nearly opposite, the rest random; norms 5 .. 141, some
     below l_a and some above u_a."""
     g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(C, EMB, generator=g)
-    y = torch.arange(B) % C
-    d = torch.randn(B, EMB, generator=g)
-    w_y = F.normalize(weight[y])
-    d[:6] = 3 * w_y[:6] + 0.3 * torch.randn(6, EMB, generator=g)
-    d[6:12] = -3 * w_y[6:12] + 0.3 * torch.randn(6, EMB, generator=g)
+    d, weight, y = near_far_inputs(g)  # the norms' permutation comes next from the same g
     norms = torch.linspace(5.0, 141.0, B)[torch.randperm(B, generator=g)]
     return F.normalize(d) * norms[:, None], weight, y
-
-
-def run_ref(emb, weight, y, *args):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss = magface_ref(e64, w64, y, *args)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad
-
-
-def run_head(head, emb, y):
-    emb = emb.clone().requires_grad_(True)
-    head.zero_grad(set_to_none=True)
-    loss = head(emb, y)
-    loss.backward()
-    return loss, emb.grad
-
-
-def assert_close(a, b, rtol=1e-5, atol=1e-5):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().double().numpy(), rtol, atol)
 
 
 @pytest.mark.parametrize("s", [64.0, 8.0])
@@ -98,17 +75,11 @@ def test_matches_float64_reference(s, lambda_g, dtype, seed):
     assert (norm < L_A).any() and (norm > U_A).any() and ((norm > L_A) & (norm < U_A)).any()
     assert (cos_t - torch.cos(math.pi - m)).abs().min() > 2e-3
     assert (norm - L_A).abs().min() > 0.1 and (norm - U_A).abs().min() > 0.1
-    head = MagFaceHead(EMB, C, s=s, lambda_g=lambda_g)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    head = head.to(dtype)
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(emb, weight, y, s, lambda_g)
+    head = with_weight(MagFaceHead(EMB, C, s=s, lambda_g=lambda_g), weight).to(dtype)
+    ref = run_ref(magface_ref, emb, weight, y, s, lambda_g)
     loss, gemb = run_head(head, emb.to(dtype), y)
     atol = 1e-5 * s
-    assert_close(head.last_logits, ref_logits, atol=atol)
-    assert_close(loss, ref_loss, atol=atol)
-    assert_close(gemb, ref_gemb, atol=atol)
-    assert_close(head.weight.grad, ref_gw, atol=atol)
+    assert_matches_ref(head, loss, gemb, ref, atol=atol)
 
 
 def test_margin_at_the_clamps_by_hand():
@@ -180,34 +151,10 @@ def test_margins_and_settings():
         assert head(emb, y).item() == before.item()
 
 
-def extreme_inputs():
-    """cos exactly +1 (rows 0-2) and -1 (rows 3-5), feature norms 1e-4, 1 and 1e4."""
-    y = torch.arange(6)
-    emb = torch.zeros(6, EMB)
-    for i, v in enumerate([1e-4, 1.0, 1e4, -1e-4, -1.0, -1e4]):
-        emb[i, i] = v
-    return emb, 2.0 * torch.eye(C, EMB), y
-
-
 @pytest.mark.parametrize("autocast", [True, False])
 def test_finite_at_extremes(autocast):
-    emb, weight, y = extreme_inputs()
-    head = MagFaceHead(EMB, C)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    lin = torch.nn.Linear(EMB, EMB)  # a bf16 producer in front, as the embedder
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(EMB))
-        lin.bias.zero_()
-    emb.requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        feats = lin(emb)
-        assert feats.dtype == (torch.bfloat16 if autocast else torch.float32)
-        cos_t = head.cosine(feats).gather(1, y[:, None])[:, 0]
-        assert cos_t.tolist() == [1.0, 1.0, 1.0, -1.0, -1.0, -1.0]  # really at the boundary
-        loss = head(feats, y)
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    for g in (emb.grad, lin.weight.grad, head.weight.grad):
-        assert torch.isfinite(g).all()
-    assert head.weight.grad.abs().sum() > 0
+    emb, weight, y = extreme_inputs([1e-4, 1.0, 1e4, -1e-4, -1.0, -1e4])  # norms 1e-4 to 1e4
+    head = with_weight(MagFaceHead(EMB, C), weight)
+    # a bf16 producer in front, as the embedder; its gradient too stays finite
+    lin = check_finite_under_autocast(head, emb, y, enabled=autocast, expect_cos=EXTREME_COS)
+    assert torch.isfinite(lin.weight.grad).all()

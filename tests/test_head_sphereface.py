@@ -12,6 +12,18 @@ import math
 import numpy as np
 import pytest
 import torch
+from heads_common import (
+    EXTREME_COS,
+    assert_matches_ref,
+    ce64,
+    check_finite_under_autocast,
+    check_pml_parity,
+    cosines64,
+    extreme_inputs,
+    run_head,
+    run_ref,
+    with_weight,
+)
 
 from fvloss.heads.registry import LossSpec
 from fvloss.heads.sphereface import SphereFaceHead
@@ -20,18 +32,6 @@ EMB, C = 8, 5
 # one angle in the middle of each pi/12 slot: every k interval of m = 2, 3, 4, each at least
 # pi/24 from a branch point k pi / m
 ANGLES = [(j + 0.5) * math.pi / 12 for j in range(12)]
-
-
-def cosines64(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
-
-
-def ce64(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    zmax = logits.max(1, keepdim=True).values
-    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
-    return (lse - logits[torch.arange(len(y)), y]).mean()
 
 
 def sphereface_ref(emb, weight, y, m, lam):
@@ -65,30 +65,8 @@ def sphere_inputs(seed: int):
     return emb, weight, y
 
 
-def run_ref(emb, weight, y, *args):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss = sphereface_ref(e64, w64, y, *args)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad
-
-
-def run_head(head, emb, y):
-    emb = emb.clone().requires_grad_(True)
-    loss = head(emb, y)
-    loss.backward()
-    return loss, emb.grad
-
-
-def assert_close(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().double().numpy(), rtol, atol)
-
-
 def make_head(weight, **kw) -> SphereFaceHead:
-    head = SphereFaceHead(EMB, C, **kw)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    return head
+    return with_weight(SphereFaceHead(EMB, C, **kw), weight)
 
 
 @pytest.mark.parametrize("m", [4, 3, 2])
@@ -105,26 +83,21 @@ def test_matches_float64_reference(m, kw, it, lam):
     emb, weight, y = sphere_inputs(0)
     head = make_head(weight, m=m, **kw)
     head.it.fill_(it)
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(emb, weight, y, m, lam)
+    ref = run_ref(sphereface_ref, emb, weight, y, m, lam)
     loss, gemb = run_head(head, emb, y)
     assert head.it.item() == it + 1
-    atol = 1e-6 * ref_logits.abs().max().item()
-    assert_close(head.last_logits, ref_logits, atol=atol)
-    assert_close(loss, ref_loss, atol=atol)
-    assert_close(gemb, ref_gemb, atol=atol)
-    assert_close(head.weight.grad, ref_gw, atol=atol)
+    atol = 1e-6 * ref[0].abs().max().item()  # of the largest reference logit
+    assert_matches_ref(head, loss, gemb, ref, atol=atol)
 
 
 def test_float64_module_matches_reference():
     emb, weight, y = sphere_inputs(1)
     head = make_head(weight).double().eval()  # eval: it stays 0, lambda = base = 1000
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(emb, weight, y, 4, 1000.0)
+    ref = run_ref(sphereface_ref, emb, weight, y, 4, 1000.0)
     loss, gemb = run_head(head, emb.double(), y)
     assert head.it.item() == 0 and gemb.dtype == torch.float64
-    atol = 1e-6 * ref_logits.abs().max().item()
-    assert_close(loss, ref_loss, atol=atol)
-    assert_close(gemb, ref_gemb, atol=atol)
-    assert_close(head.weight.grad, ref_gw, atol=atol)
+    atol = 1e-6 * ref[0].abs().max().item()  # of the largest reference logit
+    assert_matches_ref(head, loss, gemb, ref, atol=atol, logits=False)
 
 
 @pytest.mark.parametrize(
@@ -166,34 +139,11 @@ def test_logits_by_hand_in_2d():
     np.testing.assert_allclose(head.last_logits[0, 1:].numpy(), expected[1:], atol=1e-5)
 
 
-def extreme_inputs():
-    """Features along a class weight (cos exactly +1) or against it (-1); norms 1e-4 to 1e4."""
-    weight = 2.0 * torch.eye(C, EMB)
-    y = torch.tensor([0, 1, 2, 3, 4, 0])
-    emb = torch.zeros(6, EMB)
-    emb[0, 0], emb[1, 1], emb[2, 2] = 3.0, 1e-4, 1e4
-    emb[3, 3], emb[4, 4], emb[5, 0] = -3.0, -1e-4, -1e4
-    return weight, y, emb
-
-
 def test_finite_under_bf16_autocast_at_the_extremes():
-    weight, y, emb = extreme_inputs()
-    head = make_head(weight)
-    lin = torch.nn.Linear(EMB, EMB)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(EMB))
-        lin.bias.zero_()
-    x = emb.clone().requires_grad_(True)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        feats = lin(x)
-        assert feats.dtype == torch.bfloat16
-        cos_t = head.cosine(feats).gather(1, y[:, None])[:, 0]
-        loss = head(feats, y)
-    assert cos_t.tolist() == [1.0, 1.0, 1.0, -1.0, -1.0, -1.0]  # really at the boundary
-    assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    loss.backward()
-    assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
-    assert head.weight.grad.abs().sum() > 0
+    # features along a class weight (cos exactly +1) or against it (-1); norms 1e-4 to 1e4;
+    # with C = 5 classes the sixth row is against class 0
+    emb, weight, y = extreme_inputs([3.0, 1e-4, 1e4, -3.0, -1e-4, -1e4], n_classes=C)
+    check_finite_under_autocast(make_head(weight), emb, y, expect_cos=EXTREME_COS)
 
 
 def test_state_dict_round_trip_and_eval_keeps_the_counter():
@@ -218,15 +168,7 @@ def test_plain_a_softmax_matches_pytorch_metric_learning():
     emb, weight, y = sphere_inputs(3)
     head = make_head(weight, base=0.0, lambda_min=0.0)
     ref = pml.SphereFaceLoss(num_classes=C, embedding_size=EMB, margin=4)
-    with torch.no_grad():
-        ref.W.copy_(weight.T)  # PML's W is (D, C)
-    e_ref = emb.clone().requires_grad_(True)
-    ref_loss = ref(e_ref, y)
-    ref_loss.backward()
-    loss, gemb = run_head(head, emb, y)
-    assert_close(loss, ref_loss, atol=1e-6)
-    assert_close(gemb, e_ref.grad, atol=1e-6)
-    assert_close(head.weight.grad, ref.W.grad.T, atol=1e-6)
+    check_pml_parity(head, ref, emb, weight, y, atol=1e-6)
 
 
 def test_settings_and_paper_defaults():

@@ -6,21 +6,24 @@ from __future__ import annotations
 import math
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
+from heads_common import (
+    EXTREME_COS,
+    assert_matches_ref,
+    check_finite_under_autocast,
+    check_pml_parity,
+    cosines64,
+    run_head,
+    run_ref,
+    with_weight,
+)
 
 from fvloss.callbacks.subcenter import SubCenterDrop
 from fvloss.heads.registry import LossSpec
 from fvloss.heads.subcenter import SubCenterArcFaceHead
 
 EMB, C, K, B = 8, 4, 3, 24
-
-
-def cosines64(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
 
 
 def subcenter_ref(emb, weight, y, s, m, active=None, drop_angle=None):
@@ -66,30 +69,8 @@ def subcenter_inputs(seed: int, m: float = 0.5):
     return emb, weight, y
 
 
-def run_ref(emb, weight, y, *args, **kw):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss, keep = subcenter_ref(e64, w64, y, *args, **kw)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad, keep
-
-
-def run_head(head, emb, y):
-    emb = emb.clone().requires_grad_(True)
-    loss = head(emb, y)
-    loss.backward()
-    return loss, emb.grad
-
-
-def assert_close(a, b, rtol=1e-5, atol=1e-6):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().double().numpy(), rtol, atol)
-
-
 def make_head(weight, **kw) -> SubCenterArcFaceHead:
-    head = SubCenterArcFaceHead(EMB, C, **kw)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    return head
+    return with_weight(SubCenterArcFaceHead(EMB, C, **kw), weight)
 
 
 # ----------------------------------------------------------------------------- the loss
@@ -100,15 +81,12 @@ def make_head(weight, **kw) -> SubCenterArcFaceHead:
 def test_matches_float64_reference(m, s):
     emb, weight, y = subcenter_inputs(0, m)
     head = make_head(weight, s=s, m=m)
-    ref_logits, ref_loss, ref_gemb, ref_gw, _ = run_ref(emb, weight, y, s, m)
+    *ref, _ = run_ref(subcenter_ref, emb, weight, y, s, m)
     cos_t = head.cosine(emb).gather(1, y[:, None])[:, 0]
     beyond = cos_t < math.cos(math.pi - m)
     assert beyond.any() and (~beyond).any()  # both sides of the fall-back
     loss, gemb = run_head(head, emb, y)
-    assert_close(head.last_logits, ref_logits, atol=1e-6 * s)
-    assert_close(loss, ref_loss, atol=1e-6 * s)
-    assert_close(gemb, ref_gemb, atol=1e-6 * s)
-    assert_close(head.weight.grad, ref_gw, atol=1e-6 * s)
+    assert_matches_ref(head, loss, gemb, ref, atol=1e-6 * s)
     # gradients reach more than one sub-centre per class: the max picks per sample
     assert (head.weight.grad.norm(dim=1).view(C, K) > 0).sum() > C
 
@@ -122,14 +100,10 @@ def test_after_the_drop_matches_float64_reference():
     head.drop_non_dominant()
     active = torch.nn.functional.one_hot(dominant, K).bool()
     assert torch.equal(head.active, active) and head.dropped.item()
-    ref_logits, ref_loss, ref_gemb, ref_gw, keep = run_ref(
-        emb, weight, y, 64.0, 0.5, active=active, drop_angle=75.0
-    )
+    *ref, keep = run_ref(subcenter_ref, emb, weight, y, 64.0, 0.5, active=active, drop_angle=75.0)
     assert keep.any() and (~keep).any()  # some samples are left out, not all
     loss, gemb = run_head(head.eval(), emb, y)
-    assert_close(loss, ref_loss, atol=64e-6)
-    assert_close(gemb, ref_gemb, atol=64e-6)
-    assert_close(head.weight.grad, ref_gw, atol=64e-6)
+    assert_matches_ref(head, loss, gemb, ref, atol=64e-6, logits=False)
     # inactive sub-centres and left-out samples get nothing
     assert (head.weight.grad.view(C, K, EMB)[~active] == 0).all()
     assert (gemb[~keep] == 0).all()
@@ -138,12 +112,10 @@ def test_after_the_drop_matches_float64_reference():
 def test_float64_module_matches_reference():
     emb, weight, y = subcenter_inputs(2)
     head = make_head(weight).double()
-    _, ref_loss, ref_gemb, ref_gw, _ = run_ref(emb, weight, y, 64.0, 0.5)
+    *ref, _ = run_ref(subcenter_ref, emb, weight, y, 64.0, 0.5)
     loss, gemb = run_head(head, emb.double(), y)
     assert gemb.dtype == torch.float64
-    assert_close(loss, ref_loss, atol=64e-6)
-    assert_close(gemb, ref_gemb, atol=64e-6)
-    assert_close(head.weight.grad, ref_gw, atol=64e-6)
+    assert_matches_ref(head, loss, gemb, ref, atol=64e-6, logits=False)
 
 
 def test_matches_pytorch_metric_learning():
@@ -154,15 +126,8 @@ def test_matches_pytorch_metric_learning():
     ref = pml.SubCenterArcFaceLoss(
         num_classes=C, embedding_size=EMB, margin=math.degrees(0.5), scale=30.0, sub_centers=K
     )
-    with torch.no_grad():
-        ref.W.copy_(weight.T)  # PML's W is (D, C*K), columns c*K .. c*K+K-1 class c's
-    e_ref = emb.clone().requires_grad_(True)
-    ref_loss = ref(e_ref, y)
-    ref_loss.backward()
-    loss, gemb = run_head(head, emb, y)
-    assert_close(loss, ref_loss, atol=30e-6)
-    assert_close(gemb, e_ref.grad, atol=30e-6)
-    assert_close(head.weight.grad, ref.W.grad.T, atol=30e-6)
+    # PML's W is (D, C*K), columns c*K .. c*K+K-1 class c's: the head's weight rows, transposed
+    check_pml_parity(head, ref, emb, weight, y, atol=30e-6)
 
 
 # ----------------------------------------------------------------------------- drop, by hand
@@ -236,28 +201,14 @@ def test_finite_under_bf16_autocast_at_the_extremes():
     emb = torch.zeros(6, EMB)
     emb[0, 0], emb[1, 1], emb[2, 2] = 3.0, 1e-4, 1e4  # cos exactly +1
     emb[3:, 3] = torch.tensor([-3.0, -1e-4, -1e4])  # cos exactly -1
-    lin = torch.nn.Linear(EMB, EMB)
-    with torch.no_grad():
-        lin.weight.copy_(torch.eye(EMB))
-        lin.bias.zero_()
     for dropped in (False, True):
-        head = SubCenterArcFaceHead(EMB, 2)
-        with torch.no_grad():
-            head.weight.copy_(weight)
+        head = with_weight(SubCenterArcFaceHead(EMB, 2), weight)
         if dropped:
             head.drop_non_dominant()
-        x = emb.clone().requires_grad_(True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            feats = lin(x)
-            assert feats.dtype == torch.bfloat16
-            cos_t = head.cosine(feats).gather(1, y[:, None])[:, 0]
-            loss = head(feats, y)
-        if not dropped:
-            assert cos_t.tolist() == [1.0] * 3 + [-1.0] * 3
-        assert loss.dtype == torch.float32 and torch.isfinite(loss)
-        loss.backward()
-        assert torch.isfinite(x.grad).all() and torch.isfinite(head.weight.grad).all()
-        assert head.weight.grad.abs().sum() > 0
+        # after a drop without hits each class keeps its first sub-centre: rows 1, 2 are then
+        # at 90 deg from class 0's, so the cosines are checked before the drop only
+        expect_cos = None if dropped else EXTREME_COS
+        check_finite_under_autocast(head, emb, y, expect_cos=expect_cos)
 
 
 def test_settings_and_paper_defaults():

@@ -13,6 +13,22 @@ import math
 import numpy as np
 import pytest
 import torch
+from heads_common import (
+    EMB,
+    B,
+    C,
+    assert_close,
+    assert_matches_ref,
+    ce64,
+    check_pml_parity,
+    cosines64,
+    extreme_inputs,
+    identity_linear,
+    margin_inputs,
+    run_head,
+    run_ref,
+    with_weight,
+)
 
 from fvloss.heads import (
     LOSSES,
@@ -25,28 +41,12 @@ from fvloss.heads import (
     register_loss,
 )
 
-EMB, C, B = 8, 6, 24
-
-
 # ----------------------------------------------------------------------------- references
-
-
-def _cosines64(emb: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    e = emb / torch.sqrt((emb * emb).sum(1, keepdim=True))
-    w = weight / torch.sqrt((weight * weight).sum(1, keepdim=True))
-    return e @ w.T
-
-
-def _ce64(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean of ``log(sum_k exp z_k) - z_y``, written out."""
-    zmax = logits.max(1, keepdim=True).values
-    lse = zmax[:, 0] + torch.log(torch.exp(logits - zmax).sum(1))
-    return (lse - logits[torch.arange(len(y)), y]).mean()
 
 
 def arcface_ref(emb, weight, y, s, m, easy_margin=False):
     """Scaled logits and loss of ArcFace, in float64, through the angle."""
-    cos = _cosines64(emb, weight)
+    cos = cosines64(emb, weight)
     onehot = torch.zeros_like(cos)
     onehot[torch.arange(len(y)), y] = 1.0
     cos_t = (cos * onehot).sum(1)
@@ -57,59 +57,20 @@ def arcface_ref(emb, weight, y, s, m, easy_margin=False):
     else:
         target = torch.where(theta + m <= math.pi, with_margin, cos_t - m * math.sin(m))
     logits = s * (cos * (1 - onehot) + target[:, None] * onehot)
-    return logits, _ce64(logits, y)
+    return logits, ce64(logits, y)
 
 
 def cosface_ref(emb, weight, y, s, m):
-    cos = _cosines64(emb, weight)
+    cos = cosines64(emb, weight)
     onehot = torch.zeros_like(cos)
     onehot[torch.arange(len(y)), y] = 1.0
     logits = s * (cos - m * onehot)
-    return logits, _ce64(logits, y)
+    return logits, ce64(logits, y)
 
 
 def softmax_ref(emb, weight, bias, y):
     logits = emb @ weight.T + bias
-    return logits, _ce64(logits, y)
-
-
-# ----------------------------------------------------------------------------- inputs
-
-
-def margin_inputs(seed: int, m: float):
-    """Embeddings, class weights and labels where some targets are close (theta small), some
-    far (theta + m > pi, cos < 0), and none within 2e-3 of the branch point cos(pi - m)."""
-    g = torch.Generator().manual_seed(seed)
-    weight = torch.randn(C, EMB, generator=g)
-    y = torch.arange(B) % C
-    emb = torch.randn(B, EMB, generator=g)
-    w_y = weight[y] / weight[y].norm(dim=1, keepdim=True)
-    # rows 0-5 near their class, rows 6-11 nearly opposite it, the rest random
-    emb[:6] = 3 * w_y[:6] + 0.3 * torch.randn(6, EMB, generator=g)
-    emb[6:12] = -3 * w_y[6:12] + 0.3 * torch.randn(6, EMB, generator=g)
-    cos_t = _cosines64(emb.double(), weight.double())[torch.arange(B), y]
-    assert (cos_t - math.cos(math.pi - m)).abs().min() > 2e-3
-    return emb, weight, y
-
-
-def run_head(head, emb, y):
-    """Logits, loss and gradients of a float32 module: ``head(emb, labels)`` is the loss."""
-    emb = emb.clone().requires_grad_(True)
-    loss = head(emb, y)
-    loss.backward()
-    return head.last_logits, loss, emb.grad
-
-
-def run_ref(ref, emb, weight, y, *args, **kwargs):
-    e64 = emb.double().clone().requires_grad_(True)
-    w64 = weight.double().clone().requires_grad_(True)
-    logits, loss = ref(e64, w64, y, *args, **kwargs)
-    loss.backward()
-    return logits, loss, e64.grad, w64.grad
-
-
-def assert_close(a: torch.Tensor, b: torch.Tensor, rtol=1e-5, atol=1e-5):
-    np.testing.assert_allclose(a.detach().double().numpy(), b.detach().numpy(), rtol, atol)
+    return logits, ce64(logits, y)
 
 
 # ----------------------------------------------------------------------------- ArcFace / CosFace
@@ -120,14 +81,10 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rtol=1e-5, atol=1e-5):
 @pytest.mark.parametrize("s", [64.0, 8.0])
 def test_arcface_matches_float64_reference(m, easy_margin, s):
     emb, weight, y = margin_inputs(0, m)
-    head = ArcFaceHead(EMB, C, s=s, m=m, easy_margin=easy_margin)
-    with torch.no_grad():
-        head.weight.copy_(weight)
+    head = with_weight(ArcFaceHead(EMB, C, s=s, m=m, easy_margin=easy_margin), weight)
     cos = head.cosine(emb)
     assert cos.dtype == torch.float32 and cos.shape == (B, C)
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(
-        arcface_ref, emb, weight, y, s, m, easy_margin=easy_margin
-    )
+    ref = run_ref(arcface_ref, emb, weight, y, s, m, easy_margin=easy_margin)
     # both branches of the margin are exercised
     cos_t = cos.detach().gather(1, y[:, None])[:, 0]
     if easy_margin:
@@ -135,11 +92,9 @@ def test_arcface_matches_float64_reference(m, easy_margin, s):
     else:
         beyond = cos_t < math.cos(math.pi - m)
         assert beyond.any() and (~beyond).any()
-    assert_close(head.margin_logits(cos.detach(), y), ref_logits, atol=1e-5 * s)
-    _, loss, gemb = run_head(head, emb, y)
-    assert_close(loss, ref_loss, atol=1e-5 * s)
-    assert_close(gemb, ref_gemb, atol=1e-5 * s)
-    assert_close(head.weight.grad, ref_gw, atol=1e-5 * s)
+    assert_close(head.margin_logits(cos.detach(), y), ref[0], atol=1e-5 * s)  # ref[0]: logits
+    loss, gemb = run_head(head, emb, y)
+    assert_matches_ref(head, loss, gemb, ref, atol=1e-5 * s, logits=False)
 
 
 def test_arcface_margin_is_what_the_paper_says_at_a_known_angle():
@@ -168,15 +123,11 @@ def test_arcface_margin_is_read_at_each_call():
 @pytest.mark.parametrize("m", [0.35, 0.1])
 def test_cosface_matches_float64_reference(m):
     emb, weight, y = margin_inputs(2, 0.5)
-    head = CosFaceHead(EMB, C, s=30.0, m=m)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    ref_logits, ref_loss, ref_gemb, ref_gw = run_ref(cosface_ref, emb, weight, y, 30.0, m)
-    assert_close(head.margin_logits(head.cosine(emb).detach(), y), ref_logits, atol=3e-4)
-    _, loss, gemb = run_head(head, emb, y)
-    assert_close(loss, ref_loss, atol=3e-4)
-    assert_close(gemb, ref_gemb, atol=3e-4)
-    assert_close(head.weight.grad, ref_gw, atol=3e-4)
+    head = with_weight(CosFaceHead(EMB, C, s=30.0, m=m), weight)
+    ref = run_ref(cosface_ref, emb, weight, y, 30.0, m)
+    assert_close(head.margin_logits(head.cosine(emb).detach(), y), ref[0], atol=3e-4)
+    loss, gemb = run_head(head, emb, y)
+    assert_matches_ref(head, loss, gemb, ref, atol=3e-4, logits=False)
 
 
 def test_paper_defaults():
@@ -199,24 +150,17 @@ def test_auto_scale_needs_three_classes():
 
 def test_margin_head_cosine_is_plain_cosines():
     emb, weight, y = margin_inputs(3, 0.5)
-    head = CosFaceHead(EMB, C)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-    assert_close(head.cosine(emb), _cosines64(emb.double(), weight.double()), atol=1e-6)
+    head = with_weight(CosFaceHead(EMB, C), weight)
+    assert_close(head.cosine(emb), cosines64(emb.double(), weight.double()), atol=1e-6)
     with pytest.raises(NotImplementedError):
         MarginHead(EMB, C, 1.0, 0.1).target_logit(torch.zeros(2, 1), torch.ones(2, 1))
 
 
 def _extreme_inputs():
     """Embeddings exactly equal / opposite to a class weight: cos is exactly +1 / -1."""
-    head = ArcFaceHead(EMB, C, s=64.0, m=0.5)
-    with torch.no_grad():
-        head.weight.copy_(2.0 * torch.eye(C, EMB))
-    y = torch.tensor([0, 1, 2, 3])
-    emb = torch.zeros(4, EMB)
-    emb[0, 0], emb[1, 1] = 3.0, 0.5  # equal direction: cos = +1
-    emb[2, 2], emb[3, 3] = -3.0, -0.5  # opposite: cos = -1
-    return head, emb, y
+    # rows 0, 1 along classes 0, 1 (norms 3, 0.5): cos = +1; rows 2, 3 against 2, 3: cos = -1
+    emb, weight, y = extreme_inputs([3.0, 0.5, -3.0, -0.5])
+    return with_weight(ArcFaceHead(EMB, C, s=64.0, m=0.5), weight), emb, y
 
 
 def test_arcface_finite_at_cos_plus_minus_one():
@@ -224,7 +168,7 @@ def test_arcface_finite_at_cos_plus_minus_one():
     cos = head.cosine(emb).detach()
     cos_t = cos.gather(1, y[:, None])[:, 0]
     assert cos_t.tolist() == [1.0, 1.0, -1.0, -1.0]  # really at the boundary
-    logits, loss, gemb = run_head(head, emb, y)
+    loss, gemb = run_head(head, emb, y)
     assert torch.isfinite(loss)
     assert torch.isfinite(gemb).all() and torch.isfinite(head.weight.grad).all()
     # the values there: cos(0 + m) (up to the sqrt clamp) and the fallback -1 - m sin(m)
@@ -268,13 +212,13 @@ def test_softmax_matches_float64_reference(bias):
     b64 = b.double().requires_grad_(True)
     ref_logits, ref_loss = softmax_ref(e64, w64, b64, y)
     ref_loss.backward()
-    logits, loss, gemb = run_head(head, emb, y)
-    assert_close(logits, ref_logits)
-    assert_close(loss, ref_loss)
-    assert_close(gemb, e64.grad)
-    assert_close(head.fc.weight.grad, w64.grad)
+    loss, gemb = run_head(head, emb, y)
+    assert_close(head.last_logits, ref_logits, atol=1e-5)
+    assert_close(loss, ref_loss, atol=1e-5)
+    assert_close(gemb, e64.grad, atol=1e-5)
+    assert_close(head.fc.weight.grad, w64.grad, atol=1e-5)
     if bias:
-        assert_close(head.fc.bias.grad, b64.grad)
+        assert_close(head.fc.bias.grad, b64.grad, atol=1e-5)
     else:
         assert head.fc.bias is None
 
@@ -339,16 +283,7 @@ def test_matches_pytorch_metric_learning(kind):
     else:
         head = CosFaceHead(EMB, C, s=30.0, m=m)
         ref = pml.CosFaceLoss(num_classes=C, embedding_size=EMB, margin=m, scale=30.0)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-        ref.W.copy_(weight.T)  # PML's W is (D, C)
-    e_ref = emb.clone().requires_grad_(True)
-    ref_loss = ref(e_ref, y)
-    ref_loss.backward()
-    _, loss, gemb = run_head(head, emb, y)
-    assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=1e-5)
-    assert_close(gemb, e_ref.grad, rtol=1e-5, atol=1e-5)
-    assert_close(head.weight.grad, ref.W.grad.T, rtol=1e-5, atol=1e-5)
+    check_pml_parity(with_weight(head, weight), ref, emb, weight, y, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- every loss
@@ -376,11 +311,8 @@ def test_every_loss_is_finite_under_autocast_at_the_extremes(name, norm, dtype):
         weight.copy_(torch.eye(len(weight), EMB) + 0.0)
     emb, y = _boundary_batch(norm)
     emb.requires_grad_(True)
-    lin = torch.nn.Linear(EMB, EMB, bias=False)
-    with torch.no_grad():
-        lin.weight.copy_(
-            torch.eye(EMB)
-        )  # an identity in front: the autocast dtype reaches the head
+    # an identity in front: the autocast dtype reaches the head
+    lin = identity_linear(EMB, bias=False)
     with torch.autocast("cpu", dtype=dtype):
         feats = lin(emb)
         assert feats.dtype == dtype
