@@ -118,17 +118,28 @@ class DeviceAugment:
         return ""
 
     # -- the augmentation -------------------------------------------------------------------
-    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        generator: torch.Generator | None = None,
+        share: tuple[int, int] = (0, 1),
+    ) -> torch.Tensor:
         """Augment uint8 ``x`` ``(B, 3, H, W)`` on its device; ``generator`` (on that device)
-        draws every random number, so one seed fixes the batch's augmentation."""
+        draws every random number, so one seed fixes the batch's augmentation. ``share =
+        (rank, world_size)``: ``x`` is rows ``rank, rank + W, ...`` of a global batch of
+        ``B * W``; the draws are the global batch's, so each row gets what it would get there."""
         b, dev = x.shape[0], x.device
+        rank, world = share
+
+        def draw() -> torch.Tensor:  # U(0, 1) per row of the global batch, ours kept
+            return torch.rand(b * world, device=dev, generator=generator)[rank::world]
 
         def u(lo_hi: tuple[float, float]) -> torch.Tensor:  # U(lo, hi) per sample
             lo, hi = lo_hi
-            return lo + (hi - lo) * torch.rand(b, device=dev, generator=generator)
+            return lo + (hi - lo) * draw()
 
         def coin(p: float) -> torch.Tensor:
-            return torch.rand(b, device=dev, generator=generator) < p
+            return draw() < p
 
         x = x.float()
         if self.hflip:

@@ -123,6 +123,7 @@ class PreloadedDL(EpochOrder, DataLoader):
         if kwargs:
             raise TypeError(f"PreloadedDL.new: unsupported arguments {sorted(kwargs)}")
         out.set_epoch(self.epoch)
+        out.shard(self.rank, self.world_size)
         return out
 
     def create_batches(self, samps):
@@ -139,7 +140,8 @@ class PreloadedDL(EpochOrder, DataLoader):
         if self.train:
             g = torch.Generator(device=x.device)
             g.manual_seed(item_seed(self.seed, self.epoch, self._batch) >> 1)  # < 2**63
-            x = self.augment(x, g)
+            # seeded by the global step; the draws are the global batch's (EpochOrder.shard)
+            x = self.augment(x, g, share=(self.rank, self.world_size))
         else:
             x = self.augment.normalize(x)
         self._batch += 1

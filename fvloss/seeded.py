@@ -46,11 +46,20 @@ def item_seed(seed: int, epoch: int, index: int) -> int:
 
 class EpochOrder:
     """Mixin for a fastai ``DataLoader``: epoch ``e``'s order is a permutation seeded by
-    ``(seed, e)``, and ``set_epoch(e, start_batch)`` picks the epoch and its first batch."""
+    ``(seed, e)``, and ``set_epoch(e, start_batch)`` picks the epoch and its first batch.
+
+    ``shard(rank, world_size)`` serves one rank's share of every epoch: all ranks draw the same
+    order (no broadcast needed: it is a function of the seed), and rank ``r`` takes its items
+    ``r, r + W, r + 2W, ...``. So global step ``k`` is always items ``k*bs*W .. (k+1)*bs*W - 1``
+    of the epoch's order, the same items one process with batch ``bs*W`` would take, and a
+    position in an epoch means the same on any number of ranks.
+    """
 
     seed: int = 0
     epoch: int = 0
     start_batch: int = 0
+    rank: int = 0
+    world_size: int = 1
 
     def _init_order(self, seed: int) -> None:
         self.seed, self.epoch, self.start_batch = int(seed), 0, 0
@@ -60,14 +69,35 @@ class EpochOrder:
         ``DistributedSampler.set_epoch``; the start is for resuming mid-epoch)."""
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
+    def shard(self, rank: int, world_size: int) -> None:
+        """Serve rank ``rank`` of ``world_size`` (class docstring); ``shard(0, 1)`` undoes it."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
+        self.rank, self.world_size = int(rank), int(world_size)
+
     def shuffle_fn(self, idxs):
         rng = np.random.default_rng(mix64(mix64(self.seed ^ _SHUFFLE) ^ self.epoch))
         return np.asarray(idxs)[rng.permutation(len(idxs))].tolist()
 
+    def _share(self, n: int) -> int:
+        """Items per rank: equal shares; the epoch's last ``n mod W`` items (a different few
+        each epoch, the order being shuffled) wait for another epoch, as with drop_last."""
+        return n // self.world_size if self.world_size > 1 else n
+
     def get_idxs(self):
         idxs = super().get_idxs()
-        # skipped batches are never loaded; the rest keep their places in the epoch's order
-        return idxs[self.start_batch * (self.bs or 1) :] if self.start_batch else idxs
+        w = self.world_size
+        if w > 1:
+            idxs = idxs[: self._share(len(idxs)) * w]
+        # skipped batches (of the global step) are never loaded; the rest keep their places
+        skip = self.start_batch * (self.bs or 1) * w
+        return idxs[skip + self.rank :: w]
+
+    def __len__(self) -> int:
+        if self.world_size == 1:
+            return super().__len__()
+        n, bs = self._share(self.n), self.bs
+        return n if bs is None else n // bs + (0 if self.drop_last or n % bs == 0 else 1)
 
 
 class SeededDL(EpochOrder, TfmdDL):
@@ -80,7 +110,10 @@ class SeededDL(EpochOrder, TfmdDL):
         super().__init__(dataset, **kwargs)
 
     def new(self, dataset=None, cls=None, **kwargs):
-        return super().new(dataset, cls, **{"seed": self.seed, **kwargs})
+        out = super().new(dataset, cls, **{"seed": self.seed, **kwargs})
+        if isinstance(out, EpochOrder):
+            out.shard(self.rank, self.world_size)
+        return out
 
     def before_iter(self) -> None:
         super().before_iter()

@@ -405,3 +405,38 @@ def test_batches_are_functions_of_seed_and_epoch(halves_root, preload):
     assert not torch.equal(torch.cat(first), torch.cat(_epoch(ref, 1)))
     other = face_dls(halves_root, num_workers=0, **{**kw, "seed": 4})
     assert not torch.equal(first[0], _epoch(other, 0)[0])
+
+
+def _rows(batches: list[torch.Tensor]) -> list[bytes]:
+    return sorted(t.numpy().tobytes() for b in batches for t in b)
+
+
+@pytest.mark.parametrize("preload", ["off", "on"])
+def test_sharded_ranks_take_the_global_batch_between_them(halves_root, preload):
+    """Rank r of W takes items r, r+W, ... of the epoch's seeded order: global step k on W ranks
+    with batch b is step k of one process with batch W*b, augmentations included."""
+    kw = {"img_size": SIZE, "seed": 3, "extra_aug": JITTER, "preload": preload, "num_workers": 0}
+    one = face_dls(halves_root, bs=4, **kw)
+    ranks = [face_dls(halves_root, bs=2, **kw) for _ in range(2)]
+    for r, d in enumerate(ranks):
+        d.train.shard(r, 2)
+    for epoch, start in ((0, 0), (1, 0), (1, 1)):
+        ref = _epoch(one, epoch, start)
+        parts = [_epoch(d, epoch, start) for d in ranks]
+        assert len(ref) >= 2 and all(len(p) == len(ref) for p in parts)
+        for k, batch in enumerate(ref):
+            assert _rows([batch]) == _rows([parts[0][k], parts[1][k]]), (epoch, start, k)
+        assert len(ranks[0].train) == len(ranks[1].train) == len(one.train)
+    # the two ranks never share an item within an epoch
+    a, b = (_rows(_epoch(d, 0)) for d in ranks)
+    assert not set(a) & set(b)
+    with pytest.raises(ValueError, match="rank 2 of 2"):
+        ranks[0].train.shard(2, 2)
+
+
+@pytest.mark.parametrize("preload", ["off", "on"])
+def test_a_loaders_copy_keeps_its_shard(halves_root, preload):
+    d = face_dls(halves_root, img_size=SIZE, bs=2, seed=3, preload=preload, num_workers=0)
+    d.train.shard(1, 2)
+    copy = d.train.new()
+    assert (copy.rank, copy.world_size) == (1, 2) and len(copy) == len(d.train)
