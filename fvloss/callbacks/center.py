@@ -9,6 +9,8 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 from torch import nn
 
+from ..distributed import all_reduce_sum
+
 __all__ = ["CenterLoss", "center_loss_term", "center_update"]
 
 CENTERS = "center_loss_centers"  # name of the buffer the callback registers on learn.model
@@ -33,7 +35,8 @@ def center_update(
 ) -> None:
     """The paper's rule, in place: ``c_j <- c_j - alpha * delta_c_j`` with
     ``delta_c_j = sum_{i: y_i=j} (c_j - x_i) / (1 + n_j)``; classes absent from the batch stay put.
-    ``valid`` (bool per sample) leaves the others out, e.g. non-finite features. Written with
+    ``valid`` (bool per sample) leaves the others out, e.g. non-finite features. Under
+    ``torch.distributed`` the counts and sums are over every rank's batch. Written with
     ``index_add_`` and ``where`` only: no step waits for the device (``bincount`` or boolean
     indexing would, to learn an output size)."""
     feats = feats.float()
@@ -43,6 +46,8 @@ def center_update(
     # sum_{i: y_i=j} (c_j - x_i) = n_j * c_j - sum_{i: y_i=j} x_i
     x = feats if valid is None else torch.where(valid[:, None], feats, 0.0)
     sum_x = torch.zeros_like(centers).index_add_(0, target, x)
+    # under DDP, every rank's features: the same centers on every rank after each step
+    all_reduce_sum(n), all_reduce_sum(sum_x)
     delta = (n[:, None] * centers - sum_x) / (1.0 + n[:, None])
     centers.sub_(alpha * delta)
 

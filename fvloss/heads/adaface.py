@@ -7,6 +7,7 @@ import math
 
 import torch
 
+from ..distributed import global_mean_std
 from .base import MarginHead
 
 __all__ = ["AdaFaceHead"]
@@ -43,9 +44,10 @@ class AdaFaceHead(MarginHead):
         safe = norm.detach().clamp(0.001, 100.0)  # the margin only reads the norm, never moves it
         if self.training:
             with torch.no_grad():  # the current batch counts already (authors' order)
-                self.batch_mean.lerp_(safe.mean().to(self.batch_mean), self.t_alpha)
-                if len(safe) > 1:  # an unbiased std needs two rows (the authors' would be NaN)
-                    self.batch_std.lerp_(safe.std().to(self.batch_std), self.t_alpha)
+                mean, std, n = global_mean_std(safe)  # of the global batch under DDP
+                self.batch_mean.lerp_(mean.to(self.batch_mean), self.t_alpha)
+                if n > 1:  # an unbiased std needs two rows (the authors' would be NaN)
+                    self.batch_std.lerp_(std.to(self.batch_std), self.t_alpha)
         mean, std = self.batch_mean.to(safe), self.batch_std.to(safe)  # float64 buffers: .double()
         z = ((safe - mean) / (std + self.eps) * self.h).clamp(-1.0, 1.0)
         # The authors clamp the cosine to +-(1 - eps) before acos (finite gradient at cos = +-1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..distributed import global_mean
 from .base import MarginHead, _wide, angular_margin
 
 __all__ = ["CurricularFaceHead"]
@@ -32,7 +33,7 @@ class CurricularFaceHead(MarginHead):
         cos_t = cos.gather(1, idx)
         if self.training:
             with torch.no_grad():
-                self.t.mul_(0.99).add_(0.01 * cos_t.mean())
+                self.t.mul_(0.99).add_(0.01 * global_mean(cos_t).to(self.t))  # all ranks' mean
         target = angular_margin(cos_t, self.m, self.eps)
         with torch.no_grad():  # "hard" is judged against cos(theta + m) itself, as the authors'
             # code (their mask uses the identity, not the fall-back value beyond theta + m > pi)
