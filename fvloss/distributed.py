@@ -34,7 +34,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 
 
 def global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` over the global batch (every rank's ``x`` together), a 0-d tensor."""
+    """Mean of ``x`` over the global batch (every rank's ``x`` together), a 0-d tensor; on one
+    process exactly ``x.mean()`` (the same bits as before there were ranks)."""
+    if world_size() == 1:
+        return x.detach().mean()
     s = torch.stack([x.detach().sum(), x.new_tensor(float(x.numel()))])
     s = all_reduce_sum(s)
     return s[0] / s[1]
@@ -42,7 +45,12 @@ def global_mean(x: torch.Tensor) -> torch.Tensor:
 
 def global_mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Mean, unbiased std and count of ``x`` over the global batch (from one all-reduce of
-    sum, sum of squares and count; in float64 so the difference of squares keeps its digits)."""
+    sum, sum of squares and count; in float64 so the difference of squares keeps its digits).
+    On one process exactly ``x.mean()``, ``x.std()`` (NaN for one value), ``x.numel()``."""
+    if world_size() == 1:
+        x = x.detach()
+        std = x.std() if x.numel() > 1 else x.new_tensor(float("nan"))
+        return x.mean(), std, x.new_tensor(float(x.numel()))
     x = x.detach().double().reshape(-1)
     s = all_reduce_sum(torch.stack([x.sum(), (x * x).sum(), x.new_tensor(float(x.numel()))]))
     n = s[2]
