@@ -75,6 +75,7 @@ def face_learner(
     pretrained: bool = False,
     dropout: float = 0.0,
     settings: dict[str, Any] | None = None,
+    partial_fc: float | None = None,
     margin_hold: float = 0.0,
     margin_warmup: float = 0.0,
     n_classes: int | None = None,
@@ -102,6 +103,9 @@ def face_learner(
         settings: the loss's settings over its defaults, e.g. ``{"s": "auto", "m": 0.5}`` for
             ArcFace (``fvloss.heads.loss_spec(loss).settings`` lists them); an unknown key is
             an error.
+        partial_fc: a sample rate in (0, 1]: the head's classes split across the ranks and
+            sampled per step (:class:`~fvloss.heads.partial_fc.PartialFCHead`: ArcFace, CosFace,
+            the combined margin); None: the plain head.
         img_size: the input size, for bodies whose features are a flattened map (IR-ResNet,
             MobileFaceNet); default ``dls.img_size`` (face_dls), else 112.
         val_pairs: verification pairs drawn from the validation identities every epoch (AUC,
@@ -122,7 +126,7 @@ def face_learner(
     """
     spec = loss_spec(loss)
     n_classes = n_classes or getattr(dls, "n_classes", None) or dls.c
-    head, loss_cbs = spec.build(emb_dim, n_classes, settings)
+    head, loss_cbs = spec.build(emb_dim, n_classes, settings, partial_fc=partial_fc)
     img_size = img_size or getattr(dls, "img_size", None) or 112
     embedder = EmbeddingNet(
         arch, emb_dim, pretrained=pretrained, dropout=dropout, img_size=img_size
@@ -134,7 +138,9 @@ def face_learner(
         model.embedder.compile()
     # epoch e's shuffle and augmentation (fvloss.seeded); where each epoch's seconds go
     cbs = [SetEpoch(), TimeBreakdown(), *loss_cbs, *(cbs or [])]
-    if (margin_hold or margin_warmup) and getattr(head, "margins", None):
+    if (margin_hold or margin_warmup) and getattr(
+        getattr(head, "margin_head", head), "margins", None
+    ):
         cbs.append(MarginSchedule(margin_hold, margin_warmup))
     if val_pairs:
         # held-out identities first: their columns lead the table, protocols' (cbs) follow

@@ -151,6 +151,8 @@ def test_loss_tables_in_toml_merge_with_extends_and_flags(tmp_path):
         ('schedule = "cosine"\n', "schedule must be one of"),
         ('precision = "fp8"\n', "precision must be one of"),
         ('arch = "resnet35"\n', "unknown arch 'resnet35'"),
+        ("partial_fc = 1.5\n", r"partial_fc is a sample rate in \(0, 1\]"),
+        ('loss = "adaface"\npartial_fc = 0.1\n', "partial_fc shards"),
     ],
 )
 def test_bad_settings_are_errors_before_any_data_is_read(tmp_path, text, message):

@@ -21,7 +21,8 @@ class MarginSchedule(Callback):
     ``hold=0, warmup=0.3`` is a margin warm-up. The head names its margins in ``margins``,
     ``{attribute: value without margin}`` (fvloss's :class:`~fvloss.heads.MarginHead`: ArcFace
     ``{"m": 0}``, the combined margin ``{"m1": 1, "m2": 0, "m3": 0}``, MagFace's bounds);
-    ``head`` picks the head, default ``model.head``.
+    ``head`` picks the head, default ``model.head`` (its ``margin_head`` where it has one: a
+    sharded Partial FC head's block).
     """
 
     order = 5  # before the forward pass of each batch (and before MixedPrecision, 10)
@@ -35,7 +36,8 @@ class MarginSchedule(Callback):
         self.full: dict[str, float] | None = None
 
     def _head(self):
-        return self.head_fn(self.learn.model) if self.head_fn else self.learn.model.head
+        head = self.head_fn(self.learn.model) if self.head_fn else self.learn.model.head
+        return getattr(head, "margin_head", head)  # a wrapper (Partial FC) names its margins' head
 
     def before_fit(self) -> None:
         if self.full is None:

@@ -96,19 +96,38 @@ class LossSpec:
                     f"{where}{self.name}.{k} = {v!r}: expected a value like {known[k]!r}"
                 )
 
-    def build(
-        self, emb_dim: int, n_classes: int, settings: dict[str, Any] | None = None
-    ) -> tuple[Head, list]:
-        """The head and its callbacks, with ``settings`` over the defaults."""
+    def resolve(
+        self, settings: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(head keyword arguments, callback keyword arguments)``: ``settings`` over the
+        defaults, checked."""
         settings = dict(settings or {})
         self.check(settings)
         full = {**self.settings, **settings}
-        head_kw = {k: full[k] for k in self.head_settings}
-        head = self.head(emb_dim, n_classes, **head_kw)
-        if self.callback is None:
-            return head, []
-        cb_kw = {k: full[k] for k in self.callback_settings}
-        return head, [self.callback(n_classes, emb_dim, **cb_kw)]
+        return (
+            {k: full[k] for k in self.head_settings},
+            {k: full[k] for k in self.callback_settings},
+        )
+
+    def build(
+        self,
+        emb_dim: int,
+        n_classes: int,
+        settings: dict[str, Any] | None = None,
+        partial_fc: float | None = None,
+    ) -> tuple[Head, list]:
+        """The head and its callbacks, with ``settings`` over the defaults; ``partial_fc`` (a
+        sample rate in (0, 1]) builds it sharded across ranks with class sampling
+        (:class:`~fvloss.heads.partial_fc.PartialFCHead`)."""
+        head_kw, cb_kw = self.resolve(settings)
+        if partial_fc:
+            from .partial_fc import PartialFCHead
+
+            head = PartialFCHead(self.head, emb_dim, n_classes, partial_fc, **head_kw)
+        else:
+            head = self.head(emb_dim, n_classes, **head_kw)
+        cbs = [] if self.callback is None else [self.callback(n_classes, emb_dim, **cb_kw)]
+        return head, cbs
 
 
 LOSSES: dict[str, LossSpec] = {}

@@ -151,7 +151,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     pair_cbs = _pair_callbacks(cfg)
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
-        settings=cfg.loss_settings.get(cfg.loss), margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
+        settings=cfg.loss_settings.get(cfg.loss), partial_fc=cfg.partial_fc or None, margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
         val_pairs=cfg.val_pairs or None, val_seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last, compile=cfg.compile, cbs=list(pair_cbs.values()),
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip

@@ -51,6 +51,9 @@ class Config:
     # papers', or fvloss's where measured better: ArcFace's s="auto", README "ArcFace on small
     # data"); in TOML one table per loss, [arcface] s = "auto"
     loss_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Partial FC: 0 = the plain head; r in (0, 1] = the classes split across ranks and r of
+    # them sampled per step (ArcFace, CosFace, combined; fvloss.heads.partial_fc)
+    partial_fc: float = 0.0
     # margin heads (ArcFace, CosFace ...): train with m=0 for this fraction of training, then
     # ramp m linearly over the next (MarginSchedule); measured needed from scratch on few
     # identities (README, "ArcFace on small data")
@@ -284,6 +287,15 @@ def check_config(cfg: Config) -> None:
         if name not in LOSSES:
             raise ValueError(f"settings for {name!r}, which is not a loss; known: {sorted(LOSSES)}")
         LOSSES[name].check(table)
+    if cfg.partial_fc:
+        from ..heads.partial_fc import SHARDABLE
+
+        if not 0 < cfg.partial_fc <= 1:
+            raise ValueError(
+                f"partial_fc is a sample rate in (0, 1] (0: off), got {cfg.partial_fc}"
+            )
+        if loss_spec(cfg.loss).head not in SHARDABLE:
+            raise ValueError(f"partial_fc shards {[h.__name__ for h in SHARDABLE]}; not {cfg.loss}")
     if cfg.arch not in BODIES and not cfg.arch.startswith("timm:"):
         raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(BODIES)} or timm:NAME")
     for key, allowed in (
