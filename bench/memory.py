@@ -8,8 +8,8 @@
    the peak of the first step (which also allocates the optimizer state) and the peak of a later
    step (``VmHWM`` reset in between). The plain step is the baseline; the second row of each
    configuration is the same step through ``face_learner`` (fastai's ``Learner``).
-2. **Head**: ``SoftmaxHead`` and ``ArcFaceHead`` for 5,296 / 100,000 / 1,000,000 classes at 128-d
-   and 512-d, batch 64, fp32 (the margin heads always compute in fp32; under bf16 autocast only the
+2. **Head**: ``SoftmaxHead``, ``ArcFaceHead`` and ArcFace as Partial FC sampling 10% of the
+   classes (one process) for 5,296 / 100,000 / 1,000,000 classes at 128-d and 512-d, batch 64, fp32 (the margin heads always compute in fp32; under bf16 autocast only the
    softmax head's logits halve). Computed: weights, + gradient + Adam's two moments (4x the
    weights), per-step activations (logit-sized tensors). Measured: peak RSS above the process's
    baseline during two steps (forward, loss, backward, Adam), in a fresh process; skipped (computed
@@ -121,7 +121,15 @@ def child_head(kind: str, n_classes: int, dim: int, bs: int) -> dict:
     emb = torch.randn(bs, dim, generator=g)
     y = torch.randint(0, n_classes, (bs,), generator=g)
     base = rss_mib()
-    head = make_head(kind, dim, n_classes, **({"s": 64.0, "m": 0.5} if kind == "arcface" else {}))
+    if kind.startswith("partial_fc"):  # ArcFace sharded on one process, sampling r of the classes
+        from fvloss.heads import ArcFaceHead
+        from fvloss.heads.partial_fc import PartialFCHead
+
+        rate = float(kind.split("@")[1])
+        head = PartialFCHead(ArcFaceHead, dim, n_classes, sample_rate=rate, s=64.0, m=0.5)
+    else:
+        kw = {"s": 64.0, "m": 0.5} if kind == "arcface" else {}
+        head = make_head(kind, dim, n_classes, **kw)
     r = {"weights": rss_mib() - base}
     opt = Adam(list(head.parameters()), lr=1e-3, wd=0.0)
     reset_peak_rss()
@@ -151,6 +159,7 @@ def run_child(args: list[str]) -> dict:
 
 # -- the head's memory, computed ----------------------------------------------------------------
 def head_prediction(kind: str, n_classes: int, dim: int, bs: int) -> dict[str, float]:
+    rate = float(kind.split("@")[1]) if kind.startswith("partial_fc") else 1.0
     w = n_classes * dim * 4 + (n_classes * 4 if kind == "softmax" else 0)
     train_state = 4 * w  # weights, gradient, Adam's exp_avg and exp_avg_sq
     opt_tmp = (
@@ -160,6 +169,10 @@ def head_prediction(kind: str, n_classes: int, dim: int, bs: int) -> dict[str, f
     if kind == "softmax":
         # logits, log-softmax (kept for backward), grad of logits (+ the weight-sized grad above)
         act = 3 * logits
+    elif rate < 1:
+        # the sampled rows gathered, normalised, and their grads; logit-sized tensors of the
+        # sample; the full-size gradient scattered back
+        act = 4 * rate * w + 7 * rate * logits
     else:
         # normalised weights + their grad (weight-sized), cos, clamp, scatter, s*, log-softmax, grads
         act = 2 * w + 7 * logits
@@ -228,7 +241,7 @@ def main(argv=None) -> int:
     avail = available_bytes()
     for n in args.classes:
         for d in args.dims:
-            for kind in ("softmax", "arcface"):
+            for kind in ("softmax", "arcface", "partial_fc@0.1"):
                 pr = head_prediction(kind, n, d, args.bs)
                 measured, step = (
                     f"not measured: predicted peak > {100 * args.max_fraction:.0f}% of free memory",
