@@ -155,3 +155,32 @@ def test_a_learner_trains_with_partial_fc_and_ramps_its_margin(dls):
     learn.fit(1, 1e-3)
     assert math.isfinite(learn.recorder.values[-1][0])
     assert not torch.equal(head.block.weight, before) and head.block.m == 0.5
+
+
+def _save_on_rank(rank: int, world: int) -> dict:
+    weight, _, _ = inputs(3)
+    head = PartialFCHead(ArcFaceHead, D, C, rank=rank, world_size=world, s=10.0)
+    start, n = class_block(C, rank, world)
+    with torch.no_grad():
+        head.block.weight.copy_(weight[start : start + n])
+    return head.state_dict()
+
+
+def _load_on_rank(rank: int, world: int, state: dict) -> torch.Tensor:
+    head = PartialFCHead(ArcFaceHead, D, C, rank=rank, world_size=world, s=10.0)
+    head.load_state_dict(state)
+    return head.block.weight.detach().clone()
+
+
+def test_checkpoints_hold_the_whole_matrix_and_load_on_any_world_size():
+    weight, _, _ = inputs(3)
+    saved = run_ranks(_save_on_rank, 2)  # blocks of 4 and 3 classes
+    for state in saved:
+        torch.testing.assert_close(state["block.weight"], weight, rtol=0, atol=0)
+    one = PartialFCHead(ArcFaceHead, D, C, s=10.0)
+    one.load_state_dict(saved[0])  # saved on 2, resumed on 1
+    torch.testing.assert_close(one.block.weight.detach(), weight, rtol=0, atol=0)
+    three = run_ranks(_load_on_rank, 3, one.state_dict())  # saved on 1, resumed on 3
+    for r, block in enumerate(three):
+        start, n = class_block(C, r, 3)
+        torch.testing.assert_close(block, weight[start : start + n], rtol=0, atol=0)

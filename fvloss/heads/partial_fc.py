@@ -129,6 +129,9 @@ class PartialFCHead(Head):
             settings["s"] = adacos_scale(n_classes)
         self.block = head(emb_dim, n_local, **settings)  # its weight is this rank's block
         self.n_classes, self.sample_rate = n_classes, sample_rate
+        # checkpoints hold the whole class matrix, whatever the number of ranks that wrote it
+        self._register_state_dict_hook(_whole_matrix_on_save)
+        self._register_load_state_dict_pre_hook(_own_block_on_load, with_module=True)
 
     @property
     def margin_head(self) -> MarginHead:
@@ -195,3 +198,22 @@ def _gather_uneven(w: torch.Tensor, parts: list[torch.Tensor]) -> None:
     dist.all_gather(padded, mine)
     for p, q in zip(parts, padded, strict=True):
         p.copy_(q[: len(p)])
+
+
+def _whole_matrix_on_save(module: PartialFCHead, state: dict, prefix: str, local_metadata) -> None:
+    """state_dict hook: ``block.weight`` becomes the whole ``(n_classes, emb_dim)`` matrix. Under
+    several ranks it is gathered, so every rank must call ``state_dict()`` together (rank 0
+    then writes it)."""
+    key = prefix + "block.weight"
+    if key in state and module.world > 1:
+        state[key] = module.full_weight()
+
+
+def _own_block_on_load(module: PartialFCHead, state: dict, prefix: str, *args) -> None:
+    """load_state_dict pre-hook: a whole class matrix is cut to this rank's block, so a run saved
+    on W ranks resumes on any other number (a block-sized entry is taken as it is)."""
+    key = prefix + "block.weight"
+    w = state.get(key)
+    if w is not None and w.shape[0] == module.n_classes and module.world > 1:
+        start, n = class_block(module.n_classes, module.rank, module.world)
+        state[key] = w[start : start + n]
