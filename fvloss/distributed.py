@@ -10,20 +10,122 @@ unconditionally.
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["world_size", "rank", "all_reduce_sum", "global_mean", "global_mean_std"]
+__all__ = [
+    "all_reduce_sum",
+    "broadcast",
+    "global_mean",
+    "global_mean_std",
+    "is_main",
+    "launched",
+    "local_only",
+    "on_main",
+    "rank",
+    "setup",
+    "teardown",
+    "world_size",
+]
+
+_local = False  # inside local_only(): this process acts alone
+_ours = False  # setup() made the process group
+
+
+def _on() -> bool:
+    return not _local and dist.is_available() and dist.is_initialized()
 
 
 def world_size() -> int:
-    """Processes in the default group; 1 without ``torch.distributed``."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    """Processes in the default group; 1 without ``torch.distributed`` (or in local_only)."""
+    return dist.get_world_size() if _on() else 1
 
 
 def rank() -> int:
     """This process's rank; 0 without ``torch.distributed``."""
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    """Rank 0, the one that writes the run folder and prints."""
+    return rank() == 0
+
+
+def launched() -> bool:
+    """Started by ``torchrun`` or ``accelerate launch`` with more than one process (both set
+    ``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, ``MASTER_ADDR`` / ``MASTER_PORT``)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> None:
+    """Join the launcher's process group (NCCL on CUDA, gloo on CPU), each rank on its own GPU
+    (``LOCAL_RANK``); nothing when not launched or already joined."""
+    if not launched() or dist.is_initialized():
+        return
+    global _ours
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    _ours = True
+
+
+def teardown() -> None:
+    """Leave the process group that :func:`setup` joined (one a caller made stays)."""
+    global _ours
+    if _ours and dist.is_initialized():
+        dist.destroy_process_group()
+    _ours = False
+
+
+def broadcast(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every rank (a run folder, an lr, a precision choice)."""
+    if not _on() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def on_main(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on rank 0 alone (the others waiting), its result on every rank; an error there
+    is raised on every rank, so none waits for a rank that has stopped."""
+    if not _on() or dist.get_world_size() == 1:
+        return fn()
+    out: tuple[Any, BaseException | None] = (None, None)
+    if is_main():
+        try:
+            with local_only():
+                out = (fn(), None)
+        except Exception as e:  # raised below, on every rank
+            out = (None, e)
+    value, err = broadcast(out)
+    if err is not None:
+        raise err
+    return value
+
+
+@contextlib.contextmanager
+def local_only() -> Iterator[None]:
+    """This process alone, the others waiting (rank 0's lr_find): the statistics helpers below
+    do not reach the other ranks meanwhile, which would wait for a collective never made; nor
+    do fastai's, which read ``WORLD_SIZE`` (``Learner.load`` waits at a barrier otherwise)."""
+    global _local
+    old, _local = _local, True
+    env = os.environ.get("WORLD_SIZE")
+    os.environ["WORLD_SIZE"] = "1"
+    try:
+        yield
+    finally:
+        _local = old
+        if env is None:
+            os.environ.pop("WORLD_SIZE", None)
+        else:
+            os.environ["WORLD_SIZE"] = env
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

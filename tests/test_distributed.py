@@ -65,3 +65,69 @@ def test_head_ema_statistics_are_the_global_batchs(kind):
     moved = "batch_mean" if kind == "adaface" else "t"
     fresh = (AdaFaceHead if kind == "adaface" else CurricularFaceHead)(D, C, s=10.0)
     assert not torch.allclose(one[moved], fresh.state_dict()[moved])  # one step moved it
+
+
+# ----------------------------------------------------------------------------- DDP training
+
+
+def _train(rank: int, world: int, data: str, loss: str, bs: int) -> dict:
+    from fvloss.callbacks.distributed import FaceDistributed
+    from fvloss.data import face_dls
+    from fvloss.learner import face_learner
+
+    dls = face_dls(data, img_size=32, bs=bs, seed=3, num_workers=0, preload="off")
+    if world > 1:
+        dls.train.shard(rank, world)
+    torch.manual_seed(0)
+    learn = face_learner(dls, loss=loss, arch="resnet18", emb_dim=8, val_pairs=None)
+    learn.remove_cb(learn.progress)
+    learn.logger = lambda *a, **k: None
+    # BatchNorm frozen (running statistics): a batch's samples are then independent, so a step
+    # on 2 x b images equals two ranks' steps on b each (SyncBatchNorm has no CPU kernel)
+    learn.model.eval()
+    learn.model.train = lambda mode=True: learn.model
+    if world > 1:
+        learn.add_cb(FaceDistributed(torch.device("cpu")))
+    init = {k: v.detach().clone() for k, v in learn.model.state_dict().items()}
+    learn.fit(1, 1e-3)
+    return {"init": init, **{k: v.detach().clone() for k, v in learn.model.state_dict().items()}}
+
+
+@pytest.fixture(scope="module")
+def ddp_data(tmp_path_factory):
+    from fvloss.synthetic import SyntheticSpec, make_synthetic
+
+    return str(make_synthetic(SyntheticSpec(6, 6, 32, 0), tmp_path_factory.mktemp("d"), quiet=True))
+
+
+@pytest.mark.parametrize("loss", ["softmax", "center", "arcface"])
+def test_a_ddp_epoch_on_2_ranks_equals_one_process_with_twice_the_batch(ddp_data, loss):
+    one = _train(0, 1, ddp_data, loss, 8)
+    ranks = run_ranks(_train, 2, ddp_data, loss, 4)
+    assert ranks[0].keys() == one.keys()
+    init = one.pop("init")
+    for k, v in one.items():
+        assert torch.equal(ranks[0][k], ranks[1][k]), k  # every rank holds the same model
+        torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-5, msg=k)
+    # and training moved the weights (the comparison is not of two untouched models)
+    w = "head.fc.weight" if loss != "arcface" else "head.weight"
+    assert one[w].shape == init[w].shape and not torch.allclose(one[w], init[w], atol=1e-4)
+
+
+def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+           "-m", "fvloss.recipes.arcface", "--data", ddp_data, "--img-size", "32",
+           "--arch", "resnet18", "--emb-dim", "8", "--bs", "4", "--epochs", "2",
+           "--lr-find-iters", "5", "--val-pairs", "60", "--progress", "false", "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
+    (run,) = list(out.iterdir())  # one run folder, written by rank 0
+    assert (run / "metrics.json").is_file() and (run / "model.pth").is_file()
+    assert p.stdout.count("lr_find suggests") == 1  # logs from rank 0 only
+    assert "2 processes: batch 4 per process, 8 per step" in p.stdout

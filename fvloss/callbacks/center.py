@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
+from fastai.torch_core import get_model  # the model inside a DDP wrapper
 from torch import nn
 
 from ..distributed import all_reduce_sum
@@ -99,7 +100,7 @@ class CenterLoss(Callback):
 
     # -- attaching the centers to the model ------------------------------------------------
     def after_create(self) -> None:
-        self.attach(self.learn.model)
+        self.attach(get_model(self.learn.model))
 
     def attach(self, model: nn.Module) -> None:
         """Register the centers buffer on ``model`` (idempotent), so that ``learn.load`` works
@@ -113,20 +114,20 @@ class CenterLoss(Callback):
 
     @property
     def centers(self) -> torch.Tensor:
-        return getattr(self.learn.model, CENTERS)
+        return getattr(get_model(self.learn.model), CENTERS)
 
     def _embedding_module(self) -> nn.Module:
         if self.layer is not None:
-            return self.layer(self.learn.model)
-        if not hasattr(self.learn.model, "embedder"):
+            return self.layer(get_model(self.learn.model))
+        if not hasattr(get_model(self.learn.model), "embedder"):
             raise AttributeError(
                 "CenterLoss: the model has no `embedder`; pass layer=lambda model: <the module that outputs the embeddings>"
             )
-        return self.learn.model.embedder
+        return get_model(self.learn.model).embedder
 
     # -- fastai events -----------------------------------------------------------------------
     def before_fit(self) -> None:
-        self.attach(self.learn.model)
+        self.attach(get_model(self.learn.model))
         self._hook = self._embedding_module().register_forward_hook(self._grab)
 
     def _grab(self, module: nn.Module, inp, out: torch.Tensor) -> None:

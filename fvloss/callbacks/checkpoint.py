@@ -265,6 +265,10 @@ class Checkpoint(Callback):
             self._write(epoch, batch, train_state)
 
     def _write(self, epoch: int, batch: int, train_state: dict | None) -> None:
+        from ..distributed import is_main
+
+        if not is_main():  # under DDP every rank holds the same model: rank 0 writes it
+            return
         meta = {
             "epoch": epoch,  # the epoch to resume at ...
             "batch": batch,  # ... and its first batch to train (0: a new epoch)

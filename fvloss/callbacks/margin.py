@@ -9,6 +9,7 @@ learning faces (insightface #214/#313, pytorch-metric-learning #351). Starting w
 from __future__ import annotations
 
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model
 
 __all__ = ["MarginSchedule"]
 
@@ -36,7 +37,8 @@ class MarginSchedule(Callback):
         self.full: dict[str, float] | None = None
 
     def _head(self):
-        head = self.head_fn(self.learn.model) if self.head_fn else self.learn.model.head
+        model = get_model(self.learn.model)  # inside DDP's wrapper under several processes
+        head = self.head_fn(model) if self.head_fn else model.head
         return getattr(head, "margin_head", head)  # a wrapper (Partial FC) names its margins' head
 
     def before_fit(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastai.callback.core import Callback
+from fastai.torch_core import get_model
 
 __all__ = ["SubCenterDrop"]
 
@@ -29,7 +30,7 @@ class SubCenterDrop(Callback):
             return
         if hasattr(self.learn, "lr_finder") or self.pct_train < self.drop_at:
             return
-        self.learn.model.head.drop_non_dominant()
+        get_model(self.learn.model).head.drop_non_dominant()  # (inside DDP's wrapper)
         self.dropped = True
 
     def state_dict(self) -> dict:

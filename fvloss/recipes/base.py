@@ -26,7 +26,10 @@ class RunResult(dict):
 
 
 def _log(msg: str) -> None:
-    print(f"[fvloss] {msg}", flush=True)
+    from ..distributed import is_main
+
+    if is_main():  # one log for a run on several processes
+        print(f"[fvloss] {msg}", flush=True)
 
 
 def _new_run_dir(cfg: Config) -> Path:
@@ -54,6 +57,9 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     try:
         return _run(cfg, source, locks)
     finally:
+        from ..distributed import teardown
+
+        teardown()  # a run launched on several processes leaves its group
         for lock in locks:
             empty = _only_lock(lock.path.parent)
             if empty:  # a run that stopped before writing anything leaves no empty folder
@@ -78,6 +84,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     from fastai.callback.schedule import valley
     from fastai.torch_core import set_seed
 
+    from .. import distributed as fdist
     from ..callbacks.checkpoint import (
         Checkpoint,
         ResumeFrom,
@@ -85,6 +92,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         load_checkpoint,
         restore_weights,
     )  # fmt: skip
+    from ..callbacks.distributed import FaceDistributed
     from ..callbacks.guard import DivergenceGuard
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
@@ -93,6 +101,10 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     from ..synthetic import SyntheticSpec, default_cache_dir, make_synthetic
 
     t_start = time.time()
+    ddp = fdist.launched()  # torchrun / accelerate launch with several processes
+    if ddp:
+        fdist.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    main = fdist.is_main()
     if cfg.resume:
         run_dir = Path(cfg.resume)
         saved = json.loads((run_dir / "config.json").read_text())
@@ -109,11 +121,14 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
                 ),
             }
         )
-    else:
-        run_dir = _new_run_dir(cfg)
+    else:  # rank 0 names it (a time stamp), every rank uses that one
+        run_dir = Path(fdist.on_main(lambda: str(_new_run_dir(cfg))))
     check_config(cfg)  # before anything is read or written
-    run_dir.mkdir(parents=True, exist_ok=True)
-    locks.append(RunLock(run_dir).acquire())  # before anything is written into it
+    if ddp and cfg.partial_fc:  # its checkpoint gathers the blocks: a collective not wired yet
+        raise ValueError("partial_fc on several processes is not supported yet; run it on one")
+    if main:  # the run folder is rank 0's
+        run_dir.mkdir(parents=True, exist_ok=True)
+        locks.append(RunLock(run_dir).acquire())  # before anything is written into it
 
     data_name = "synthetic" if cfg.data is None else Path(cfg.data).name
     if cfg.data is None:
@@ -142,12 +157,16 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         num_workers=None if cfg.workers < 0 else cfg.workers, preload=cfg.preload,
         preload_share=cfg.preload_share, channels_last=cfg.channels_last,
     )  # fmt: skip
+    if ddp:  # each rank its share of every epoch, without a broadcast (fvloss.seeded)
+        dls.train.shard(fdist.rank(), fdist.world_size())
+        _log(f"{fdist.world_size()} processes: batch {cfg.bs} per process, "
+             f"{cfg.bs * fdist.world_size()} per step (the lr is the global batch's)")  # fmt: skip
     _log(f"data ({data_name}): {dls.report.summary()}")
     _log(f"training images: {dls.pipeline}")
     _log(f"split by identity: {dls.n_classes} training identities ({len(dls.train_ds)} images), "
          f"{len(dls.valid_identities)} validation identities ({len(dls.valid_ds)} images) for verification")  # fmt: skip
 
-    _same_identities(run_dir, dls, resuming=bool(cfg.resume))
+    _same_identities(run_dir, dls, resuming=bool(cfg.resume), write=main)
     pair_cbs = _pair_callbacks(cfg)
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained, dropout=cfg.dropout,
@@ -155,17 +174,20 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         val_pairs=cfg.val_pairs or None, val_seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last, compile=cfg.compile, cbs=list(pair_cbs.values()),
         path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
-    if not cfg.progress:  # logs and CI: one plain line per epoch instead of redrawn bars
+    if not cfg.progress or not main:  # logs and CI: one plain line per epoch, not bars
         learn.remove_cb(learn.progress)
-        learn.logger = PlainTable(learn)
+        learn.logger = PlainTable(learn) if main else (lambda *a, **k: None)
     xb, _ = dls.one_batch()
-    mp_cb, why = mixed_precision_cb(
-        cfg.precision,
-        dls.device,
-        learn.model.to(dls.device),
-        xb[:16],
-        cache=default_cache_dir() / "precision_probe.json",
-    )
+
+    def probe():  # on rank 0; the others take its choice
+        cb, why = mixed_precision_cb(
+            cfg.precision, dls.device, learn.model.to(dls.device), xb[:16],
+            cache=default_cache_dir() / "precision_probe.json",
+        )  # fmt: skip
+        return _chosen_precision(cb), why
+
+    chosen, why = fdist.on_main(probe)
+    mp_cb, _ = mixed_precision_cb(chosen, dls.device)
     if mp_cb is not None:
         learn.add_cb(mp_cb)
     if cfg.guard:
@@ -187,16 +209,23 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
             return RunResult(json.loads((run_dir / "metrics.json").read_text()))
     elif lr is None:
         _log(f"lr_find ({cfg.lr_find_iters} iterations; weights are restored afterwards)")
-        sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
-        lr = float(sugg.valley)
-        save_lr_plot(learn.recorder, lr, run_dir / "lr_find.png")
+
+        def find_lr() -> float:  # on rank 0 alone; every rank trains with its lr
+            sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
+            save_lr_plot(learn.recorder, float(sugg.valley), run_dir / "lr_find.png")
+            return float(sugg.valley)
+
+        lr = fdist.on_main(find_lr)
         _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
+    if ddp:  # DDP through fastai's DistributedTrainer (accelerate), after lr_find
+        learn.add_cb(FaceDistributed(dls.device))
     # the loss's full settings, defaults included: what this run trained with
     tables = {**cfg.loss_settings, cfg.loss: cfg.settings}
     resolved = {**cfg.to_dict(), "loss_settings": tables, "lr": lr, "data": str(data),
                 "run_dir": str(run_dir)}  # fmt: skip
-    write_json(run_dir / "config.json", resolved)
-    write_json(run_dir / "data_report.json", dls.report.to_dict())
+    if main:
+        write_json(run_dir / "config.json", resolved)
+        write_json(run_dir / "data_report.json", dls.report.to_dict())
 
     t_fit = time.time()
     fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}  # config.SCHEDULES
@@ -208,6 +237,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
                 cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt, *([resume] if resume else [])]
             )
     fit_s = time.time() - t_fit
+    if not main:  # rank 0 writes the model, the metrics and the outputs
+        return RunResult({})
     learn.save(run_dir.resolve() / "model", with_opt=False)
 
     # final evaluation on the validation identities (and the pair file, if any)
@@ -221,7 +252,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     ]
     # images trained in this process: a resumed run started at (epoch0, batch0)
     first_iter = resume.epoch0 * len(dls.train) + resume.batch0 if resume else 0
-    n_seen = cfg.bs * max(learn.train_iter - first_iter, 0) if trained else 0
+    n_seen = cfg.bs * fdist.world_size() * max(learn.train_iter - first_iter, 0) if trained else 0
     metrics = RunMetrics(
         name=cfg.name or cfg.loss, loss=cfg.loss, data=data_name, run_dir=str(run_dir), lr=lr,
         precision=why, device=str(dls.device), epochs=cfg.epochs, history=history,
@@ -263,13 +294,23 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     return result
 
 
-def _same_identities(run_dir: Path, dls, resuming: bool) -> None:
-    """Record the run's identity split (``identities.json``); on resume, refuse data whose
-    identities differ: the head's classes and the held-out set would silently mean others."""
+def _chosen_precision(cb) -> str:
+    """The precision a ``mixed_precision_cb`` result stands for, to repeat it on other ranks."""
+    if cb is None:
+        return "fp32"
+    mode = str(getattr(cb, "amp_mode", "bf16"))  # CPUAutocast is bf16; fastai's names its mode
+    return "bf16" if "bf16" in mode.lower() else "fp16"
+
+
+def _same_identities(run_dir: Path, dls, resuming: bool, write: bool = True) -> None:
+    """Record the run's identity split (``identities.json``; ``write``: this process writes the
+    run folder); on resume, refuse data whose identities differ: the head's classes and the
+    held-out set would silently mean others."""
     path = run_dir / "identities.json"
     now = {"train": list(dls.train_identities), "valid": list(dls.valid_identities)}
     if not resuming or not path.exists():
-        write_json(path, now)
+        if write:
+            write_json(path, now)
         return
     saved = read_json(path)
     for part in ("train", "valid"):

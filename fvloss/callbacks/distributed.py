@@ -1,0 +1,28 @@
+"""DistributedDataParallel through fastai's own ``DistributedTrainer`` (and so accelerate).
+
+fastai wraps the model with accelerate's ``prepare`` (DDP; NCCL on GPUs, gloo on CPUs) and each
+DataLoader in its ``DistributedDL``, which broadcasts the epoch's indices from rank 0 as CUDA
+tensors. fvloss's loaders need no broadcast: every rank draws the same seeded order and takes
+its share (:meth:`fvloss.seeded.EpochOrder.shard`), so :class:`FaceDistributed` keeps them as
+they are. The validation loader stays whole on every rank: each embeds the held-out identities
+and scores them alike (small next to training; a gather of sharded embeddings would do it once).
+"""
+
+from __future__ import annotations
+
+import torch
+from fastai.distributed import DistributedTrainer
+
+__all__ = ["FaceDistributed"]
+
+
+class FaceDistributed(DistributedTrainer):
+    """fastai's ``DistributedTrainer`` for fvloss's seeded, already sharded loaders; BatchNorm
+    synchronised across ranks on CUDA (SyncBatchNorm has no CPU kernel)."""
+
+    def __init__(self, device: torch.device, **kwargs):
+        cuda = torch.device(device).type == "cuda"
+        super().__init__(sync_bn=cuda, cpu=not cuda, **kwargs)
+
+    def _wrap_dl(self, dl):
+        return dl  # EpochOrder loaders shard themselves; validation stays whole
