@@ -11,7 +11,14 @@ and scores them alike (small next to training; a gather of sharded embeddings wo
 from __future__ import annotations
 
 import torch
-from fastai.distributed import DistributedTrainer
+
+try:  # fastai's DistributedTrainer is built on accelerate, an extra of fvloss
+    import accelerate  # noqa: F401
+except ImportError as e:
+    raise ImportError(
+        "training on several processes needs accelerate: pip install fvloss[distributed]"
+    ) from e
+from fastai.distributed import DistributedTrainer  # noqa: E402
 
 __all__ = ["FaceDistributed"]
 

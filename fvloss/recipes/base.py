@@ -92,7 +92,6 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         load_checkpoint,
         restore_weights,
     )  # fmt: skip
-    from ..callbacks.distributed import FaceDistributed
     from ..callbacks.guard import DivergenceGuard
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
@@ -218,6 +217,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         lr = fdist.on_main(find_lr)
         _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
     if ddp:  # DDP through fastai's DistributedTrainer (accelerate), after lr_find
+        from ..callbacks.distributed import FaceDistributed
+
         learn.add_cb(FaceDistributed(dls.device))
     # the loss's full settings, defaults included: what this run trained with
     tables = {**cfg.loss_settings, cfg.loss: cfg.settings}
