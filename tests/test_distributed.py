@@ -131,3 +131,44 @@ def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
     assert (run / "metrics.json").is_file() and (run / "model.pth").is_file()
     assert p.stdout.count("lr_find suggests") == 1  # logs from rank 0 only
     assert "2 processes: batch 4 per process, 8 per step" in p.stdout
+
+
+def _recipe(args: list[str], nproc: int, timeout: int = 300):
+    import os
+    import subprocess
+    import sys
+
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    cmd = [*(launch if nproc > 1 else [sys.executable]), "-m", "fvloss.recipes.softmax", *args]
+    env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
+def test_a_run_saved_on_one_world_size_resumes_on_another(ddp_data, tmp_path, first, then):
+    import json
+
+    run = tmp_path / "run"
+    common = ["--progress", "false"]
+    p = _recipe(["--data", ddp_data, "--img-size", "32", "--arch", "resnet18", "--emb-dim", "8",
+                 "--bs", "4", "--epochs", "1", "--lr", "1e-3", "--val-pairs", "60",
+                 "--run-dir", str(run), *common], first)  # fmt: skip
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    meta = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert (meta["epoch"], meta["batch"], meta["world_size"]) == (1, 0, first)
+    p = _recipe(["--resume", str(run), "--epochs", "2", *common], then)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "resuming" in p.stdout and "restored" in p.stdout
+    history = json.loads((run / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == [0, 1]
+
+
+def test_a_mid_epoch_checkpoint_resumes_only_on_its_world_size(dls):
+    from fvloss.callbacks.checkpoint import ResumeFrom
+    from fvloss.learner import face_learner
+
+    learn = face_learner(dls, loss="softmax", arch="resnet18", emb_dim=8, val_pairs=None)
+    learn.remove_cb(learn.progress)
+    meta = {"epoch": 0, "batch": 1, "n_iter": len(dls.train), "world_size": 2, "values": []}
+    with pytest.raises(ValueError, match="written on 2, at batch 1 of epoch 0"):
+        learn.fit(1, 1e-3, cbs=[ResumeFrom({"meta": meta, "train_state": None})])

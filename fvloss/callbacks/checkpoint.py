@@ -40,6 +40,7 @@ from fastai.learner import Learner
 from fastai.torch_core import get_model
 from fastcore.foundation import L
 
+from ..distributed import is_main, world_size
 from ..jsonio import atomic_write, write_json
 from .timing import timed
 
@@ -265,14 +266,13 @@ class Checkpoint(Callback):
             self._write(epoch, batch, train_state)
 
     def _write(self, epoch: int, batch: int, train_state: dict | None) -> None:
-        from ..distributed import is_main
-
         if not is_main():  # under DDP every rank holds the same model: rank 0 writes it
             return
         meta = {
             "epoch": epoch,  # the epoch to resume at ...
             "batch": batch,  # ... and its first batch to train (0: a new epoch)
             "n_iter": len(self.dls.train),
+            "world_size": world_size(),  # processes: an epoch boundary resumes on any number
             "lr": self.lr,
             "values": [list(map(_jsonable, v)) for v in self.recorder.values if len(v)],
         }
@@ -303,6 +303,7 @@ class ResumeFrom(Callback):
         meta = state["meta"]
         self.epoch0, self.batch0 = int(meta["epoch"]), int(meta.get("batch", 0))
         self.n_iter0 = meta.get("n_iter")
+        self.world0 = int(meta.get("world_size", 1))
         self.values = list(meta.get("values", []))
         self.train_state = state.get("train_state")
         self._done, self._rng_pending, self._logger = False, False, None
@@ -336,6 +337,12 @@ class ResumeFrom(Callback):
             return
         self._done = True
         n_iter = len(self.dls.train)
+        if self.batch0 and self.world0 != world_size():
+            raise ValueError(
+                f"cannot resume mid-epoch on {world_size()} process(es): the checkpoint was "
+                f"written on {self.world0}, at batch {self.batch0} of epoch {self.epoch0}; resume "
+                "on that many, or from a checkpoint at an epoch's end (any number resumes there)"
+            )
         if self.batch0 and self.n_iter0 is not None and n_iter != self.n_iter0:
             raise ValueError(
                 f"cannot resume mid-epoch: an epoch is now {n_iter} batches, it was "
