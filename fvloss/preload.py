@@ -123,7 +123,7 @@ class PreloadedDL(EpochOrder, DataLoader):
         if kwargs:
             raise TypeError(f"PreloadedDL.new: unsupported arguments {sorted(kwargs)}")
         out.set_epoch(self.epoch)
-        out.shard(self.rank, self.world_size)
+        out.shard(self.rank, self.world_size, self.pad)
         return out
 
     def create_batches(self, samps):

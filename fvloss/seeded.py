@@ -60,6 +60,7 @@ class EpochOrder:
     start_batch: int = 0
     rank: int = 0
     world_size: int = 1
+    pad: bool = False
 
     def _init_order(self, seed: int) -> None:
         self.seed, self.epoch, self.start_batch = int(seed), 0, 0
@@ -69,11 +70,13 @@ class EpochOrder:
         ``DistributedSampler.set_epoch``; the start is for resuming mid-epoch)."""
         self.epoch, self.start_batch = int(epoch), int(start_batch)
 
-    def shard(self, rank: int, world_size: int) -> None:
-        """Serve rank ``rank`` of ``world_size`` (class docstring); ``shard(0, 1)`` undoes it."""
+    def shard(self, rank: int, world_size: int, pad: bool = False) -> None:
+        """Serve rank ``rank`` of ``world_size`` (class docstring); ``shard(0, 1)`` undoes it.
+        ``pad``: instead of leaving the last ``n mod W`` items out, repeat the first ones so
+        that every item is served (validation: gathered, the repeats are cut again)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank {rank} of {world_size}")
-        self.rank, self.world_size = int(rank), int(world_size)
+        self.rank, self.world_size, self.pad = int(rank), int(world_size), bool(pad)
 
     def shuffle_fn(self, idxs):
         rng = np.random.default_rng(mix64(mix64(self.seed ^ _SHUFFLE) ^ self.epoch))
@@ -81,14 +84,18 @@ class EpochOrder:
 
     def _share(self, n: int) -> int:
         """Items per rank: equal shares; the epoch's last ``n mod W`` items (a different few
-        each epoch, the order being shuffled) wait for another epoch, as with drop_last."""
-        return n // self.world_size if self.world_size > 1 else n
+        each epoch, the order being shuffled) wait for another epoch, as with drop_last, or
+        with ``pad`` the first ones are served twice."""
+        if self.world_size == 1:
+            return n
+        return -(-n // self.world_size) if self.pad else n // self.world_size
 
     def get_idxs(self):
         idxs = super().get_idxs()
         w = self.world_size
         if w > 1:
-            idxs = idxs[: self._share(len(idxs)) * w]
+            n = self._share(len(idxs)) * w
+            idxs = (list(idxs) * 2)[:n] if self.pad else idxs[:n]
         # skipped batches (of the global step) are never loaded; the rest keep their places
         skip = self.start_batch * (self.bs or 1) * w
         return idxs[skip + self.rank :: w]
@@ -112,7 +119,7 @@ class SeededDL(EpochOrder, TfmdDL):
     def new(self, dataset=None, cls=None, **kwargs):
         out = super().new(dataset, cls, **{"seed": self.seed, **kwargs})
         if isinstance(out, EpochOrder):
-            out.shard(self.rank, self.world_size)
+            out.shard(self.rank, self.world_size, self.pad)
         return out
 
     def before_iter(self) -> None:

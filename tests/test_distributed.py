@@ -172,3 +172,26 @@ def test_a_mid_epoch_checkpoint_resumes_only_on_its_world_size(dls):
     meta = {"epoch": 0, "batch": 1, "n_iter": len(dls.train), "world_size": 2, "values": []}
     with pytest.raises(ValueError, match="written on 2, at batch 1 of epoch 0"):
         learn.fit(1, 1e-3, cbs=[ResumeFrom({"meta": meta, "train_state": None})])
+
+
+def _validate(rank: int, world: int, data: str, preload: str) -> list:
+    from fvloss.data import face_dls
+    from fvloss.learner import face_learner
+
+    dls = face_dls(data, img_size=32, bs=3, seed=3, num_workers=0, preload=preload,
+                   valid_pct=0.5)  # fmt: skip
+    if world > 1:
+        dls.valid.shard(rank, world, pad=True)  # 3 identities x 6 images: 18, odd shares of 9
+    torch.manual_seed(0)
+    learn = face_learner(dls, loss="softmax", arch="resnet18", emb_dim=8, val_pairs=100)
+    learn.remove_cb(learn.progress)
+    return [float(v) for v in learn.validate()]
+
+
+@pytest.mark.parametrize("preload", ["off", "on"])
+def test_held_out_verification_from_every_ranks_embeddings_equals_one_process(ddp_data, preload):
+    one = _validate(0, 1, ddp_data, preload)
+    ranks = run_ranks(_validate, 2, ddp_data, preload)
+    assert len(one) == 4 and 0 < one[0] < 1  # auc, acc, tar@1e-3, eer of 100 pairs
+    for r in ranks:
+        assert r == pytest.approx(one, rel=1e-6, abs=1e-6)

@@ -4,8 +4,8 @@ fastai wraps the model with accelerate's ``prepare`` (DDP; NCCL on GPUs, gloo on
 DataLoader in its ``DistributedDL``, which broadcasts the epoch's indices from rank 0 as CUDA
 tensors. fvloss's loaders need no broadcast: every rank draws the same seeded order and takes
 its share (:meth:`fvloss.seeded.EpochOrder.shard`), so :class:`FaceDistributed` keeps them as
-they are. The validation loader stays whole on every rank: each embeds the held-out identities
-and scores them alike (small next to training; a gather of sharded embeddings would do it once).
+they are. The validation loader is sharded with padding: each held-out image is embedded by one
+rank, and :class:`~fvloss.eval.callback.VerifyPairs` gathers the embeddings before scoring.
 """
 
 from __future__ import annotations
@@ -32,4 +32,4 @@ class FaceDistributed(DistributedTrainer):
         super().__init__(sync_bn=cuda, cpu=not cuda, **kwargs)
 
     def _wrap_dl(self, dl):
-        return dl  # EpochOrder loaders shard themselves; validation stays whole
+        return dl  # EpochOrder loaders shard themselves

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.learner import Metric, Recorder
 
 from ..callbacks.timing import timed
+from ..distributed import world_size
 from .embed import score_pairs
 from .metrics import (
     DEFAULT_FARS,
@@ -242,7 +244,26 @@ class VerifyPairs(Callback):
         self._embs.append(F.normalize(pred.detach().float(), dim=1).cpu())
         self._labels.append(self.learn.yb[0].detach().cpu())
 
+    def _gather(self) -> None:
+        """Under several processes each rank embedded its share of the validation set (items
+        ``r, r + W, ...``, the first ones repeated to equal shares: ``EpochOrder.shard(pad=
+        True)``): put every rank's together, in the loader's order, repeats cut, on every rank.
+        Each image is embedded once, by one rank."""
+        w, dl = world_size(), getattr(self.learn, "dl", None)
+        if w == 1 or getattr(dl, "world_size", 1) == 1 or not self._embs:
+            return
+        dev = getattr(self.learn.dls, "device", None) or "cpu"  # NCCL gathers device tensors
+        out = []
+        for t in (torch.cat(self._embs), torch.cat(self._labels)):
+            t = t.to(dev)
+            parts = [torch.empty_like(t) for _ in range(w)]
+            dist.all_gather(parts, t.contiguous())
+            out.append(torch.stack(parts, 1).flatten(0, 1)[: dl.n].cpu())  # k*W + r: loader order
+        self._embs, self._labels = [out[0]], [out[1]]
+
     def after_validate(self) -> None:
+        if self.held_out:
+            self._gather()
         epoch = getattr(self.learn, "epoch", 0)
         n_epoch = getattr(self.learn, "n_epoch", 1)
         due = (epoch + 1) % self.every == 0 or epoch == n_epoch - 1

@@ -158,6 +158,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     )  # fmt: skip
     if ddp:  # each rank its share of every epoch, without a broadcast (fvloss.seeded)
         dls.train.shard(fdist.rank(), fdist.world_size())
+        if hasattr(dls.valid, "shard"):  # each held-out image embedded once, then gathered
+            dls.valid.shard(fdist.rank(), fdist.world_size(), pad=True)
         _log(f"{fdist.world_size()} processes: batch {cfg.bs} per process, "
              f"{cfg.bs * fdist.world_size()} per step (the lr is the global batch's)")  # fmt: skip
     _log(f"data ({data_name}): {dls.report.summary()}")
