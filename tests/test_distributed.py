@@ -194,4 +194,4 @@ def test_held_out_verification_from_every_ranks_embeddings_equals_one_process(dd
     ranks = run_ranks(_validate, 2, ddp_data, preload)
     assert len(one) == 4 and 0 < one[0] < 1  # auc, acc, tar@1e-3, eer of 100 pairs
     for r in ranks:
-        assert r == pytest.approx(one, rel=1e-6, abs=1e-6)
+        assert r == pytest.approx(one, rel=1e-6, abs=1e-6, nan_ok=True)  # tar@1e-3: n/a
