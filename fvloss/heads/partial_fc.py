@@ -185,7 +185,10 @@ class PartialFCHead(Head):
             return w.clone()
         sizes = [class_block(self.n_classes, r, self.world)[1] for r in range(self.world)]
         parts = [w.new_empty(n, w.shape[1]) for n in sizes]
-        dist.all_gather(parts, w.contiguous()) if len(set(sizes)) == 1 else _gather_uneven(w, parts)
+        if len(set(sizes)) == 1:
+            dist.all_gather(parts, w.contiguous())
+        else:
+            _gather_uneven(w, parts)
         return torch.cat(parts)
 
 
