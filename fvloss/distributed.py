@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = [
+    "any_rank",
     "all_reduce_sum",
     "broadcast",
     "global_mean",
@@ -126,6 +127,16 @@ def local_only() -> Iterator[None]:
             os.environ.pop("WORLD_SIZE", None)
         else:
             os.environ["WORLD_SIZE"] = env
+
+
+def any_rank(flags: list[bool], device: torch.device | str = "cpu") -> list[bool]:
+    """Each flag true on some rank, on every rank (one small all-reduce): decisions the ranks
+    must take together, such as writing a checkpoint that gathers a sharded head."""
+    if not _on() or dist.get_world_size() == 1:
+        return [bool(f) for f in flags]
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in t.tolist()]
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Callable
 from typing import Any
 
@@ -9,8 +10,10 @@ import fastai.callback.progress  # noqa: F401  (adds the progress bars to every 
 import fastai.callback.schedule  # noqa: F401  (patches Learner.fit_one_cycle and lr_find)
 import torch
 from fastai.callback.core import Callback
+from fastai.callback.schedule import LRFinder, ParamScheduler, valley
 from fastai.learner import Learner, Recorder
 from fastai.optimizer import Adam
+from fastai.torch_core import get_model
 from fastcore.foundation import L
 
 from .callbacks.margin import MarginSchedule
@@ -20,7 +23,7 @@ from .heads import LOSSES, loss_spec
 from .model import EmbeddingNet, FaceNet
 from .seeded import SetEpoch
 
-__all__ = ["face_learner", "FaceLearner", "FaceRecorder", "LOSSES"]
+__all__ = ["face_learner", "FaceLearner", "FaceRecorder", "KeptLRFinder", "LOSSES"]
 
 
 class FaceRecorder(Recorder):
@@ -59,12 +62,71 @@ class FaceLearner(Learner):
             self.remove_cb(Recorder)
             self.add_cb(FaceRecorder(train_metrics=False, valid_metrics=True))
 
+    def lr_find(
+        self,
+        start_lr: float = 1e-7,
+        end_lr: float = 10,
+        num_it: int = 100,
+        stop_div: bool = True,
+        show_plot: bool = True,
+        suggest_funcs: tuple = (valley,),
+    ):
+        """fastai's ``lr_find`` (same arguments, same suggestions), with the weights restored
+        from memory on every rank (:class:`KeptLRFinder`): under DDP every rank runs it together,
+        one lr search over the global batch."""
+        n_epoch = num_it // len(self.dls.train) + 1
+        finder = KeptLRFinder(start_lr=start_lr, end_lr=end_lr, num_it=num_it, stop_div=stop_div)
+        with self.no_logging():
+            self.fit(n_epoch, cbs=finder)
+        return self._lr_suggestions(num_it, show_plot, suggest_funcs)
+
+    def _lr_suggestions(self, num_it: int, show_plot: bool, suggest_funcs: tuple | None):
+        # fastai's: the recorded curve without its ends, cut at the first NaN
+        lrs = torch.tensor(self.recorder.lrs[num_it // 10 : -5])
+        losses = torch.tensor(self.recorder.losses[num_it // 10 : -5])
+        if (nan := torch.nonzero(torch.isnan(losses.view(-1)))).numel():
+            lrs, losses = lrs[: int(nan.min())], losses[: int(nan.min())]
+        if suggest_funcs is None:
+            return self.recorder.plot_lr_find() if show_plot else None
+        funcs = suggest_funcs if isinstance(suggest_funcs, (tuple, list)) else (suggest_funcs,)
+        names = [getattr(f, "__name__", None) or f.func.__name__ for f in funcs]  # (partials)
+        found = [f(lrs, losses, num_it) for f in funcs]
+        if show_plot:
+            self.recorder.plot_lr_find(suggestions=[p for _, p in found], nms=names)
+        return collections.namedtuple("SuggestedLRs", names)(*[lr for lr, _ in found])
+
     def _do_one_batch(self) -> None:
         if self.training or not self.held_out:
             return super()._do_one_batch()
         self.pred = self.model(*self.xb)
         self("after_pred")
         self("after_loss")  # no loss, but callbacks keep their event order
+
+
+class KeptLRFinder(LRFinder):
+    """fastai's ``LRFinder``, keeping the weights (and buffers: centers, heads' statistics) in
+    memory instead of a file. fastai writes and reloads that file on rank 0 alone: under DDP the
+    other ranks kept lr_find's weights and moments, and a sharded head's ``state_dict`` is a
+    collective rank 0 cannot make alone. Here every rank restores its own, and the fit after it
+    gets a fresh optimizer (what fastai's reload of the untouched one amounts to)."""
+
+    @property
+    def name(self) -> str:
+        return "lr_finder"  # what callbacks look for (``hasattr(learn, "lr_finder")``)
+
+    def before_fit(self) -> None:
+        ParamScheduler.before_fit(self)
+        model = get_model(self.learn.model)
+        self.kept = [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+        self.best_loss = float("inf")
+
+    def after_fit(self) -> None:
+        self.learn.opt.zero_grad()
+        model = get_model(self.learn.model)
+        with torch.no_grad():
+            for t, k in zip((*model.parameters(), *model.buffers()), self.kept, strict=True):
+                t.copy_(k)
+        self.learn.opt, self.kept = None, None
 
 
 def face_learner(

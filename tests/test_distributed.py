@@ -70,7 +70,7 @@ def test_head_ema_statistics_are_the_global_batchs(kind):
 # ----------------------------------------------------------------------------- DDP training
 
 
-def _train(rank: int, world: int, data: str, loss: str, bs: int) -> dict:
+def _train(rank: int, world: int, data: str, loss: str, bs: int, partial_fc=None) -> dict:
     from fvloss.callbacks.distributed import FaceDistributed
     from fvloss.data import face_dls
     from fvloss.learner import face_learner
@@ -79,7 +79,8 @@ def _train(rank: int, world: int, data: str, loss: str, bs: int) -> dict:
     if world > 1:
         dls.train.shard(rank, world)
     torch.manual_seed(0)
-    learn = face_learner(dls, loss=loss, arch="resnet18", emb_dim=8, val_pairs=None)
+    learn = face_learner(dls, loss=loss, arch="resnet18", emb_dim=8, val_pairs=None,
+                         partial_fc=partial_fc)  # fmt: skip
     learn.remove_cb(learn.progress)
     learn.logger = lambda *a, **k: None
     # BatchNorm frozen (running statistics): a batch's samples are then independent, so a step
@@ -114,6 +115,102 @@ def test_a_ddp_epoch_on_2_ranks_equals_one_process_with_twice_the_batch(ddp_data
     assert one[w].shape == init[w].shape and not torch.allclose(one[w], init[w], atol=1e-4)
 
 
+def test_partial_fc_under_ddp_equals_one_process_with_twice_the_batch(ddp_data):
+    # r = 1: exact; each rank holds its block of the classes (DDP leaves it out of its
+    # averaging), the checkpointed state_dict is the whole matrix on every rank
+    one = _train(0, 1, ddp_data, "arcface", 8, 1.0)
+    ranks = run_ranks(_train, 2, ddp_data, "arcface", 4, 1.0)
+    init = one.pop("init")
+    w = "head.block.weight"
+    assert ranks[0][w].shape == one[w].shape == init[w].shape  # (n_classes, emb_dim)
+    for k, v in one.items():
+        assert torch.equal(ranks[0][k], ranks[1][k]), k
+        torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-5, msg=k)
+    assert not torch.allclose(one[w], init[w], atol=1e-4)
+
+
+def _moments(rank: int, world: int, data: str) -> dict:
+    """A step of Partial FC under DDP; the checkpoint's state; this rank's Adam moments; and
+    those a fresh learner on this world size gets back from the checkpoint."""
+    from fvloss.callbacks.checkpoint import model_state, restore_weights
+    from fvloss.callbacks.distributed import FaceDistributed
+    from fvloss.data import face_dls
+    from fvloss.learner import face_learner
+
+    def learner():
+        dls = face_dls(data, img_size=32, bs=4, seed=3, num_workers=0, preload="off")
+        if world > 1:
+            dls.train.shard(rank, world)
+        torch.manual_seed(0)
+        learn = face_learner(dls, loss="arcface", arch="resnet18", emb_dim=8, val_pairs=None,
+                             partial_fc=1.0)  # fmt: skip
+        learn.remove_cb(learn.progress)
+        learn.logger = lambda *a, **k: None
+        if world > 1:
+            learn.add_cb(FaceDistributed(torch.device("cpu")))
+        return learn
+
+    learn = learner()
+    learn.fit(1, 1e-3)
+    block = learn.model.head.block.weight
+    mine = {k: v.clone() for k, v in learn.opt.state[block].items() if torch.is_tensor(v)}
+    weights, opt = model_state(learn)
+    again = learner()
+    again.create_opt()
+    restore_weights(again, {"model": weights, "opt": opt})
+    back = again.opt.state[again.model.head.block.weight]
+    return {"mine": mine, "weights": weights, "opt": opt, "back": {k: back[k] for k in mine}}
+
+
+def test_partial_fc_checkpoints_whole_moments_and_reshards_them(ddp_data):
+    from fvloss.callbacks.checkpoint import restore_weights
+    from fvloss.data import face_dls
+    from fvloss.learner import face_learner
+
+    ranks = run_ranks(_moments, 2, ddp_data)
+    for r in ranks:
+        assert r["mine"].keys() >= {"grad_avg", "sqr_avg"}
+        for k, v in r["mine"].items():
+            assert torch.equal(r["back"][k], v), k  # 2 -> 2: each rank its own rows again
+    n0 = len(ranks[0]["mine"]["grad_avg"])
+    # 2 -> 1: the whole matrix and its moments, rank 0's rows first
+    dls = face_dls(ddp_data, img_size=32, bs=8, seed=3, num_workers=0, preload="off")
+    learn = face_learner(dls, loss="arcface", arch="resnet18", emb_dim=8, val_pairs=None,
+                         partial_fc=1.0)  # fmt: skip
+    learn.create_opt()
+    restore_weights(learn, {"model": ranks[0]["weights"], "opt": ranks[0]["opt"]})
+    st = learn.opt.state[learn.model.head.block.weight]
+    for k in ("grad_avg", "sqr_avg"):
+        whole = torch.cat([ranks[0]["mine"][k], ranks[1]["mine"][k]])
+        assert st[k].shape == learn.model.head.block.weight.shape
+        assert torch.equal(st[k], whole) and not torch.equal(st[k][:n0], st[k][n0:][:n0]), k
+
+
+def _lr_find(rank: int, world: int, data: str) -> dict:
+    from fvloss.callbacks.distributed import FaceDistributed
+    from fvloss.data import face_dls
+    from fvloss.learner import face_learner
+
+    dls = face_dls(data, img_size=32, bs=4, seed=3, num_workers=0, preload="off")
+    dls.train.shard(rank, world)
+    torch.manual_seed(0)
+    learn = face_learner(dls, loss="center", arch="resnet18", emb_dim=8, val_pairs=None,
+                         partial_fc=None)  # fmt: skip
+    learn.remove_cb(learn.progress)
+    learn.add_cb(FaceDistributed(torch.device("cpu")))
+    before = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    lr = learn.lr_find(num_it=8, show_plot=False).valley
+    after = learn.model.state_dict()
+    return {"lr": lr, "kept": all(torch.equal(before[k], after[k]) for k in before),
+            "opt": learn.opt is None, "losses": len(learn.recorder.losses)}  # fmt: skip
+
+
+def test_lr_find_under_ddp_restores_every_ranks_weights(ddp_data):
+    # fastai's LRFinder reloads its file on rank 0 only: the others kept lr_find's weights
+    for r in run_ranks(_lr_find, 2, ddp_data):
+        assert r["kept"] and r["opt"] and r["losses"] >= 6 and r["lr"] > 0
+
+
 def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
     import os
     import subprocess
@@ -133,30 +230,39 @@ def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
     assert "2 processes: batch 4 per process, 8 per step" in p.stdout
 
 
-def _recipe(args: list[str], nproc: int, timeout: int = 300):
+def _recipe(args: list[str], nproc: int, timeout: int = 300, loss: str = "softmax"):
     import os
     import subprocess
     import sys
 
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
-    cmd = [*(launch if nproc > 1 else [sys.executable]), "-m", "fvloss.recipes.softmax", *args]
+    cmd = [*(launch if nproc > 1 else [sys.executable]), "-m", f"fvloss.recipes.{loss}", *args]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-@pytest.mark.parametrize(("first", "then"), [(2, 1), (1, 2)])
-def test_a_run_saved_on_one_world_size_resumes_on_another(ddp_data, tmp_path, first, then):
+@pytest.mark.parametrize(("first", "then", "extra"), [
+    (2, 1, []), (1, 2, []), (2, 1, ["--partial-fc", "0.5"]), (1, 2, ["--partial-fc", "0.5"]),
+])  # fmt: skip
+def test_a_run_saved_on_one_world_size_resumes_on_another(ddp_data, tmp_path, first, then, extra):
     import json
 
     run = tmp_path / "run"
     common = ["--progress", "false"]
+    loss = "arcface" if extra else "softmax"  # Partial FC: a margin head
     p = _recipe(["--data", ddp_data, "--img-size", "32", "--arch", "resnet18", "--emb-dim", "8",
                  "--bs", "4", "--epochs", "1", "--lr", "1e-3", "--val-pairs", "60",
-                 "--run-dir", str(run), *common], first)  # fmt: skip
+                 "--run-dir", str(run), *extra, *common], first, loss=loss)  # fmt: skip
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     meta = json.loads((run / "checkpoints" / "last.json").read_text())
     assert (meta["epoch"], meta["batch"], meta["world_size"]) == (1, 0, first)
-    p = _recipe(["--resume", str(run), "--epochs", "2", *common], then)
+    if extra:  # the whole class matrix, whatever wrote it
+        n = len(json.loads((run / "identities.json").read_text())["train"])
+        from fvloss.callbacks.checkpoint import load_checkpoint
+
+        state = load_checkpoint(run)
+        assert state["model"]["head.block.weight"].shape == (n, 8)
+    p = _recipe(["--resume", str(run), "--epochs", "2", *common], then, loss=loss)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert "resuming" in p.stdout and "restored" in p.stdout
     history = json.loads((run / "metrics.json").read_text())["history"]

@@ -184,3 +184,22 @@ def test_checkpoints_hold_the_whole_matrix_and_load_on_any_world_size():
     for r, block in enumerate(three):
         start, n = class_block(C, r, 3)
         torch.testing.assert_close(block, weight[start : start + n], rtol=0, atol=0)
+
+
+def test_the_initial_class_matrix_is_the_same_on_any_number_of_ranks():
+    n = 9001  # three chunks of init_rows, blocks crossing their edges
+    whole, after = None, None
+    for world in (1, 2, 3):
+        blocks = []
+        for rank in range(world):
+            torch.manual_seed(0)
+            blocks.append(
+                PartialFCHead(ArcFaceHead, 4, n, rank=rank, world_size=world).block.weight
+            )
+            nxt = torch.rand(3)  # what is built after the head draws the same numbers
+            assert after is None or torch.equal(nxt, after)
+            after = nxt
+        w = torch.cat(blocks).detach()
+        assert w.shape == (n, 4) and 0.009 < float(w.std()) < 0.011
+        assert whole is None or torch.equal(w, whole)
+        whole = w

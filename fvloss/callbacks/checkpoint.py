@@ -40,7 +40,8 @@ from fastai.learner import Learner
 from fastai.torch_core import get_model
 from fastcore.foundation import L
 
-from ..distributed import is_main, world_size
+from ..distributed import any_rank, is_main, world_size
+from ..heads.partial_fc import sharded_parameters
 from ..jsonio import atomic_write, write_json
 from .timing import timed
 
@@ -219,6 +220,7 @@ class Checkpoint(Callback):
         if not self.active:
             return
         if not self.training:  # a signal during validation: save where training ended
+            self._together(False)
             if self._signalled() and self.mid_epoch and self._at_train_end is not None:
                 self._save(self.epoch, len(self.dls.train), self._at_train_end)
                 self._interrupt("during the validation of epoch " + str(self.epoch))
@@ -228,6 +230,7 @@ class Checkpoint(Callback):
         due = (self.every_steps and self._steps % self.every_steps == 0) or (
             self.every_minutes and time.monotonic() - self._last_save >= 60 * self.every_minutes
         )
+        due = self._together(due)
         if self.mid_epoch and (due or self._signalled()):
             self._save(self.epoch, batch)
         if self._signalled() and self.mid_epoch:  # (else at the epoch's end)
@@ -246,6 +249,18 @@ class Checkpoint(Callback):
             self._interrupt(f"after epoch {self.epoch}")
 
     # -- helpers -------------------------------------------------------------------------
+    def _together(self, due: bool) -> bool:
+        """Under several ranks, one decision for all (a clock, a signal seen by one of them):
+        writing gathers a sharded head's blocks, a collective every rank must join. The
+        signal is then taken on every rank too."""
+        if world_size() == 1:
+            return bool(due)
+        signalled = self._signalled()
+        flags = any_rank([bool(due), signalled], device=self.dls.device)
+        if flags[1] and not signalled and self.stop is not None:
+            self.stop.signum = signal.SIGTERM  # another rank's: stop with it
+        return flags[0]
+
     def _signalled(self) -> bool:
         return self.stop is not None and self.stop.signum is not None
 
@@ -260,12 +275,13 @@ class Checkpoint(Callback):
         guard = getattr(self.learn, "divergence_guard", None)
         if callable(getattr(guard, "flush", None)):
             guard.flush()  # judge every step before this one first (raises if one failed)
-        if getattr(self.learn, "diverging", False):
-            return  # keep the last good checkpoint
+        if self._together(getattr(self.learn, "diverging", False)):
+            return  # keep the last good checkpoint (a rank's diverging: every rank's)
         with timed(self.learn, "checkpoint"):  # (TimeBreakdown's share of the epoch)
             self._write(epoch, batch, train_state)
 
     def _write(self, epoch: int, batch: int, train_state: dict | None) -> None:
+        model, opt = model_state(self.learn)  # every rank: a sharded head gathers its blocks
         if not is_main():  # under DDP every rank holds the same model: rank 0 writes it
             return
         meta = {
@@ -277,12 +293,12 @@ class Checkpoint(Callback):
             "values": [list(map(_jsonable, v)) for v in self.recorder.values if len(v)],
         }
         state = {
-            "model": get_model(self.learn.model).state_dict(),
+            "model": model,
             "meta": meta,
             "train_state": train_state or training_state(self.learn),
         }
-        if self.learn.opt is not None:
-            state["opt"] = self.learn.opt.state_dict()
+        if opt is not None:
+            state["opt"] = opt
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write(self.path_, buf.getvalue(), fsync=True)
@@ -417,6 +433,32 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     return state
 
 
+def model_state(learn: Learner) -> tuple[dict, dict | None]:
+    """The model's and the optimizer's state as a checkpoint holds them: whatever the number of
+    ranks, a sharded head's blocks (its hooks) and their optimizer moments are whole
+    ``(n_classes, ...)`` matrices. Under several ranks every rank calls it together."""
+    model = get_model(learn.model)
+    weights = model.state_dict()
+    if learn.opt is None:
+        return weights, None
+    opt = learn.opt.state_dict()
+    own = {id(p): head for _, p, head in sharded_parameters(model) if head.world > 1}
+    if own:
+        params = [p for p, *_ in learn.opt.all_params()]
+        opt["state"] = [
+            {k: own[id(p)].gather_rows(v) if _rows_of(v, p) else v for k, v in sorted(st.items())}
+            if id(p) in own
+            else st
+            for p, st in zip(params, opt["state"], strict=True)
+        ]
+    return weights, opt
+
+
+def _rows_of(v: Any, p: torch.Tensor) -> bool:
+    """``v`` is per-row state of ``p`` (a moment of its shape)."""
+    return isinstance(v, torch.Tensor) and v.ndim == p.ndim and v.shape[1:] == p.shape[1:]
+
+
 def restore_weights(learn: Learner, state: dict[str, Any]) -> None:
     """Load a checkpoint's model and optimizer state into ``learn`` (a ``ValueError`` naming the
     file when they do not fit this model)."""
@@ -426,6 +468,11 @@ def restore_weights(learn: Learner, state: dict[str, Any]) -> None:
             if learn.opt is None:
                 learn.create_opt()
             learn.opt.load_state_dict(state["opt"])
+            for _, p, head in sharded_parameters(get_model(learn.model)):  # this rank's rows
+                st = learn.opt.state[p]  # (the checkpoint's own dict: not edited in place)
+                mine = {k: head.own_rows(v) for k, v in st.items() if _rows_of(v, p)}
+                mine = {k: v.clone() if v.shape != st[k].shape else v for k, v in mine.items()}
+                learn.opt.state[p] = {**st, **mine}
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another model
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(

@@ -6,6 +6,8 @@ tensors. fvloss's loaders need no broadcast: every rank draws the same seeded or
 its share (:meth:`fvloss.seeded.EpochOrder.shard`), so :class:`FaceDistributed` keeps them as
 they are. The validation loader is sharded with padding: each held-out image is embedded by one
 rank, and :class:`~fvloss.eval.callback.VerifyPairs` gathers the embeddings before scoring.
+A Partial FC head's class block is each rank's own: DDP leaves it out of its gradient averaging
+(its gradient is already the global batch's, see :mod:`fvloss.heads.partial_fc`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ except ImportError as e:
         "training on several processes needs accelerate: pip install fvloss[distributed]"
     ) from e
 from fastai.distributed import DistributedTrainer  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from ..heads.partial_fc import sharded_parameters  # noqa: E402
 
 __all__ = ["FaceDistributed"]
 
@@ -30,6 +35,15 @@ class FaceDistributed(DistributedTrainer):
     def __init__(self, device: torch.device, **kwargs):
         cuda = torch.device(device).type == "cuda"
         super().__init__(sync_bn=cuda, cpu=not cuda, **kwargs)
+
+    def before_fit(self) -> None:
+        # DDP would average the ranks' different blocks (and refuse blocks of unequal sizes)
+        own = [name for name, _, _ in sharded_parameters(self.learn.model)]
+        if own:
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self.learn.model, own
+            )
+        super().before_fit()
 
     def _wrap_dl(self, dl):
         return dl  # EpochOrder loaders shard themselves

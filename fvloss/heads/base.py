@@ -103,11 +103,13 @@ class MarginHead(Head):
 
     #: the margins a warm-up (MarginSchedule) ramps in: ``{attribute: value without margin}``
     margins: dict[str, float] = {"m": 0.0}
+    #: the class weights' initial standard deviation (N(0, std), as insightface)
+    init_std: float = 0.01
 
     def __init__(self, emb_dim: int, n_classes: int, s: float | str, m: float, n_sub: int = 1):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(n_classes * n_sub, emb_dim))
-        nn.init.normal_(self.weight, std=0.01)
+        nn.init.normal_(self.weight, std=self.init_std)
         self.n_classes, self.n_sub, self.m = n_classes, n_sub, float(m)
         self.s = adacos_scale(n_classes) if s == "auto" else float(s)
 

@@ -31,7 +31,7 @@ from .base import Head, MarginHead, adacos_scale, feature_norm
 from .combined import CombinedMarginHead
 from .cosface import CosFaceHead
 
-__all__ = ["PartialFCHead", "SHARDABLE", "class_block"]
+__all__ = ["PartialFCHead", "SHARDABLE", "class_block", "init_rows", "sharded_parameters"]
 
 # Heads whose logits are the plain scaled cosines with a stateless margin on the target: their
 # margin can be applied block by block. (CurricularFace and AdaFace keep batch statistics,
@@ -127,7 +127,14 @@ class PartialFCHead(Head):
         self.start, n_local = class_block(n_classes, self.rank, self.world)
         if settings.get("s") == "auto":  # the scale of the whole classifier, not of a block
             settings["s"] = adacos_scale(n_classes)
-        self.block = head(emb_dim, n_local, **settings)  # its weight is this rank's block
+        # its weight is this rank's block of one class matrix that is the same whatever the
+        # number of ranks, and that none of them holds whole (init_rows); torch's generator
+        # advances by one draw, so what is built after the head does not depend on W either
+        seed = int(torch.randint(2**62, ()))
+        with torch.random.fork_rng(devices=[]):
+            self.block = head(emb_dim, n_local, **settings)
+        with torch.no_grad():
+            init_rows(self.block.weight, self.start, seed, self.block.init_std)
         self.n_classes, self.sample_rate = n_classes, sample_rate
         # checkpoints hold the whole class matrix, whatever the number of ranks that wrote it
         self._register_state_dict_hook(_whole_matrix_on_save)
@@ -177,26 +184,71 @@ class PartialFCHead(Head):
         self.last_logits = z.detach()
         return _ShardedCrossEntropy.apply(z, target)
 
+    def sharded(self) -> dict[str, torch.nn.Parameter]:
+        """This rank's own parameters, by name in this module: rows of its block of classes.
+        DDP must not average them (FaceDistributed), checkpoints gather them (and their
+        optimizer state) into whole matrices (:meth:`gather_rows`, :meth:`own_rows`)."""
+        return {f"block.{n}": p for n, p in self.block.named_parameters()}
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The whole ``(n_classes, ...)`` tensor from every rank's block rows ``t`` (a weight,
+        an optimizer moment); every rank must call it together."""
+        t = t.detach()
+        if self.world == 1:
+            return t.clone()
+        sizes = [class_block(self.n_classes, r, self.world)[1] for r in range(self.world)]
+        parts = [t.new_empty(n, *t.shape[1:]) for n in sizes]
+        if len(set(sizes)) == 1:
+            dist.all_gather(parts, t.contiguous())
+        else:
+            _gather_uneven(t, parts)
+        return torch.cat(parts)
+
+    def own_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """This rank's rows of a whole ``(n_classes, ...)`` tensor (a block-sized one as it is)."""
+        if self.world == 1 or t.shape[0] != self.n_classes:
+            return t
+        return t[self.start : self.start + self.block.n_classes]
+
     def full_weight(self) -> torch.Tensor:
         """The whole ``(n_classes, emb_dim)`` class matrix, gathered from every block (for a
         checkpoint that any number of ranks can load)."""
-        w = self.block.weight.detach()
-        if self.world == 1:
-            return w.clone()
-        sizes = [class_block(self.n_classes, r, self.world)[1] for r in range(self.world)]
-        parts = [w.new_empty(n, w.shape[1]) for n in sizes]
-        if len(set(sizes)) == 1:
-            dist.all_gather(parts, w.contiguous())
-        else:
-            _gather_uneven(w, parts)
-        return torch.cat(parts)
+        return self.gather_rows(self.block.weight)
+
+
+INIT_CHUNK = 4096  # rows drawn from one generator by init_rows
+
+
+def init_rows(weight: torch.Tensor, start: int, seed: int, std: float) -> None:
+    """Fill ``weight`` with rows ``start ...`` of a N(0, std) matrix drawn in chunks of
+    :data:`INIT_CHUNK` rows, chunk ``c`` from a generator seeded ``seed + c``: a rank draws only
+    the chunks its block overlaps, and every split of the rows gets the same matrix."""
+    n, d = weight.shape
+    for c in range(start // INIT_CHUNK, (start + n - 1) // INIT_CHUNK + 1):
+        g = torch.Generator().manual_seed(seed + c)
+        rows = torch.randn(INIT_CHUNK, d, generator=g) * std
+        lo, hi = max(start, c * INIT_CHUNK), min(start + n, (c + 1) * INIT_CHUNK)
+        weight[lo - start : hi - start] = rows[lo - c * INIT_CHUNK : hi - c * INIT_CHUNK]
+
+
+def sharded_parameters(
+    model: torch.nn.Module,
+) -> list[tuple[str, torch.nn.Parameter, PartialFCHead]]:
+    """``(name in model, parameter, its head)`` of every rank-own (sharded) parameter of
+    ``model``; empty without a Partial FC head."""
+    return [
+        (f"{prefix}.{name}" if prefix else name, p, m)
+        for prefix, m in model.named_modules()
+        if isinstance(m, PartialFCHead)
+        for name, p in m.sharded().items()
+    ]
 
 
 def _gather_uneven(w: torch.Tensor, parts: list[torch.Tensor]) -> None:
     """all_gather of blocks of different sizes: pad to the largest, then cut."""
     big = max(len(p) for p in parts)
-    padded = [w.new_zeros(big, w.shape[1]) for _ in parts]
-    mine = w.new_zeros(big, w.shape[1])
+    padded = [w.new_zeros(big, *w.shape[1:]) for _ in parts]
+    mine = w.new_zeros(big, *w.shape[1:])
     mine[: len(w)] = w
     dist.all_gather(padded, mine)
     for p, q in zip(parts, padded, strict=True):
@@ -204,19 +256,19 @@ def _gather_uneven(w: torch.Tensor, parts: list[torch.Tensor]) -> None:
 
 
 def _whole_matrix_on_save(module: PartialFCHead, state: dict, prefix: str, local_metadata) -> None:
-    """state_dict hook: ``block.weight`` becomes the whole ``(n_classes, emb_dim)`` matrix. Under
-    several ranks it is gathered, so every rank must call ``state_dict()`` together (rank 0
-    then writes it)."""
-    key = prefix + "block.weight"
-    if key in state and module.world > 1:
-        state[key] = module.full_weight()
+    """state_dict hook: the block's parameters become whole ``(n_classes, ...)`` matrices. Under
+    several ranks they are gathered, so every rank must call ``state_dict()`` together (rank 0
+    then writes it). Inside :func:`fvloss.distributed.local_only` (rank 0 alone: the precision
+    probe's copy of the model) it stays this rank's block, which the load hook takes as it is."""
+    if module.world > 1 and fdist.world_size() > 1:
+        for name, p in module.sharded().items():
+            if prefix + name in state:
+                state[prefix + name] = module.gather_rows(p)
 
 
 def _own_block_on_load(module: PartialFCHead, state: dict, prefix: str, *args) -> None:
-    """load_state_dict pre-hook: a whole class matrix is cut to this rank's block, so a run saved
-    on W ranks resumes on any other number (a block-sized entry is taken as it is)."""
-    key = prefix + "block.weight"
-    w = state.get(key)
-    if w is not None and w.shape[0] == module.n_classes and module.world > 1:
-        start, n = class_block(module.n_classes, module.rank, module.world)
-        state[key] = w[start : start + n]
+    """load_state_dict pre-hook: whole class matrices are cut to this rank's block, so a run
+    saved on W ranks resumes on any other number (block-sized entries are taken as they are)."""
+    for name in module.sharded():
+        if (w := state.get(prefix + name)) is not None:
+            state[prefix + name] = module.own_rows(w)

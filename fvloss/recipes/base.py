@@ -90,6 +90,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         ResumeFrom,
         StopSignals,
         load_checkpoint,
+        model_state,
         restore_weights,
     )  # fmt: skip
     from ..callbacks.guard import DivergenceGuard
@@ -123,8 +124,6 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     else:  # rank 0 names it (a time stamp), every rank uses that one
         run_dir = Path(fdist.on_main(lambda: str(_new_run_dir(cfg))))
     check_config(cfg)  # before anything is read or written
-    if ddp and cfg.partial_fc:  # its checkpoint gathers the blocks: a collective not wired yet
-        raise ValueError("partial_fc on several processes is not supported yet; run it on one")
     if main:  # the run folder is rank 0's
         run_dir.mkdir(parents=True, exist_ok=True)
         locks.append(RunLock(run_dir).acquire())  # before anything is written into it
@@ -208,20 +207,19 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         if start_epoch >= cfg.epochs and (run_dir / "metrics.json").exists():
             _log(f"{start_epoch} of {cfg.epochs} epochs already done: nothing to train")
             return RunResult(json.loads((run_dir / "metrics.json").read_text()))
-    elif lr is None:
-        _log(f"lr_find ({cfg.lr_find_iters} iterations; weights are restored afterwards)")
-
-        def find_lr() -> float:  # on rank 0 alone; every rank trains with its lr
-            sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
-            save_lr_plot(learn.recorder, float(sugg.valley), run_dir / "lr_find.png")
-            return float(sugg.valley)
-
-        lr = fdist.on_main(find_lr)
-        _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
-    if ddp:  # DDP through fastai's DistributedTrainer (accelerate), after lr_find
+    if ddp:  # DDP through fastai's DistributedTrainer (accelerate), lr_find included
         from ..callbacks.distributed import FaceDistributed
 
         learn.add_cb(FaceDistributed(dls.device))
+    if lr is None:  # (a resumed run has its own)
+        _log(f"lr_find ({cfg.lr_find_iters} iterations; weights are restored afterwards)")
+        # on every rank together: one search over the global batch (FaceLearner.lr_find keeps
+        # the weights in memory on each); rank 0's suggestion is the run's
+        sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
+        lr = fdist.broadcast(float(sugg.valley))
+        if main:
+            save_lr_plot(learn.recorder, lr, run_dir / "lr_find.png")
+        _log(f"lr_find suggests lr={lr:.3g} (plot: {run_dir / 'lr_find.png'})")
     # the loss's full settings, defaults included: what this run trained with
     tables = {**cfg.loss_settings, cfg.loss: cfg.settings}
     resolved = {**cfg.to_dict(), "loss_settings": tables, "lr": lr, "data": str(data),
@@ -240,9 +238,10 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
                 cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt, *([resume] if resume else [])]
             )
     fit_s = time.time() - t_fit
+    weights, _ = model_state(learn)  # every rank: a sharded head gathers its blocks
     if not main:  # rank 0 writes the model, the metrics and the outputs
         return RunResult({})
-    learn.save(run_dir.resolve() / "model", with_opt=False)
+    torch.save(weights, run_dir.resolve() / "model.pth", pickle_protocol=2)  # = learn.save's
 
     # final evaluation on the validation identities (and the pair file, if any)
     names = list(learn.recorder.metric_names[1:-1])
