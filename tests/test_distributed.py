@@ -3,6 +3,9 @@ of the global batch, identical on every rank, equal to one process seeing the wh
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from distributed_common import run_ranks
@@ -216,16 +219,21 @@ def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
     import subprocess
     import sys
 
+    from test_recipes import cfp_from_synthetic
+
     out = tmp_path / "runs"
+    cfp = cfp_from_synthetic(Path(ddp_data), tmp_path / "cfp")  # a protocol: split over the ranks
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
            "-m", "fvloss.recipes.arcface", "--data", ddp_data, "--img-size", "32",
            "--arch", "resnet18", "--emb-dim", "8", "--bs", "4", "--epochs", "2",
-           "--lr-find-iters", "5", "--val-pairs", "60", "--progress", "false", "--out", str(out)]  # fmt: skip
+           "--lr-find-iters", "5", "--val-pairs", "60", "--progress", "false", "--out", str(out),
+           "--pairs", str(cfp), "--pairs-format", "cfp-fp", "--pairs-root", ddp_data]  # fmt: skip
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     (run,) = list(out.iterdir())  # one run folder, written by rank 0
     assert (run / "metrics.json").is_file() and (run / "model.pth").is_file()
+    assert (run / "verify" / "cfp-fp.json").is_file()
     assert p.stdout.count("lr_find suggests") == 1  # logs from rank 0 only
     assert "2 processes: batch 4 per process, 8 per step" in p.stdout
 
@@ -301,3 +309,29 @@ def test_held_out_verification_from_every_ranks_embeddings_equals_one_process(dd
     assert len(one) == 4 and 0 < one[0] < 1  # auc, acc, tar@1e-3, eer of 100 pairs
     for r in ranks:
         assert r == pytest.approx(one, rel=1e-6, abs=1e-6, nan_ok=True)  # tar@1e-3: n/a
+
+
+def _protocol(rank: int, world: int, faces: list) -> dict:
+    from test_eval_embed import MeanColour, all_pairs, transform
+
+    from fvloss.eval.embed import score_pairs
+
+    model = MeanColour()
+    scores, kept = score_pairs(model, all_pairs(faces), transform, batch_size=3,
+                               skip_missing=True, share=(rank, world))  # fmt: skip
+    return {"scores": scores, "n": len(kept), "skipped": list(kept.skipped),
+            "embedded": sum(n for n, *_ in model.calls)}  # fmt: skip
+
+
+def test_protocol_images_are_split_across_ranks_and_scored_as_on_one(tmp_path):
+    from test_eval_embed import make_faces
+
+    faces = make_faces(tmp_path / "faces")
+    faces[5].write_bytes(b"not an image")  # a failure on one rank is every rank's
+    one = _protocol(0, 1, faces)
+    ranks = run_ranks(_protocol, 2, faces)
+    assert one["embedded"] == len(faces) - 1 and one["skipped"]
+    assert [r["embedded"] for r in ranks] == [8, 7]  # each image by one rank (5 is rank 1's)
+    for r in ranks:
+        assert r["n"] == one["n"] and r["skipped"] == one["skipped"]
+        np.testing.assert_array_equal(r["scores"], one["scores"])

@@ -26,9 +26,10 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.learner import Metric, Recorder
+from fastai.torch_core import get_model
 
 from ..callbacks.timing import timed
-from ..distributed import world_size
+from ..distributed import rank, world_size
 from .embed import score_pairs
 from .metrics import (
     DEFAULT_FARS,
@@ -185,8 +186,11 @@ class VerifyPairs(Callback):
         return isinstance(self.pairs, HeldOutPairs)
 
     # -- scoring ------------------------------------------------------------------------------
-    def _scores(self, model: torch.nn.Module | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(scores, same, folds or None)`` of the pairs."""
+    def _scores(
+        self, model: torch.nn.Module | None, shared: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(scores, same, folds or None)`` of the pairs; ``shared``: during a fit on several
+        ranks, each embeds its share of the protocol's images (then they are gathered)."""
         if self.held_out:
             if not self._embs:
                 raise ValueError("held-out pairs are scored from a validation pass; none ran")
@@ -197,6 +201,9 @@ class VerifyPairs(Callback):
             if self.learn is None:
                 raise ValueError("VerifyPairs is not attached to a Learner: pass the model")
             model = self.embedder(self.learn) if self.embedder else self.learn.model
+        share = (rank(), world_size()) if shared and world_size() > 1 else (0, 1)
+        if share[1] > 1:  # the module itself: DDP's forward would sync buffers, a collective
+            model = get_model(model)  # each rank makes as many times as its share of batches
         scores, kept = score_pairs(
             model,
             self.pairs,
@@ -205,6 +212,7 @@ class VerifyPairs(Callback):
             flip=self.flip,
             num_workers=self.num_workers,
             cache=self.image_cache,
+            share=share,
         )
         return scores, kept.same, kept.folds
 
@@ -273,7 +281,7 @@ class VerifyPairs(Callback):
         elif not (self.trained and due):
             return
         with timed(self.learn, "scoring"):  # (TimeBreakdown's share of the epoch)
-            scores, same, folds = self._scores(None)
+            scores, same, folds = self._scores(None, shared=True)
         n_bad = int((~np.isfinite(scores)).sum())
         if n_bad:
             # A diverged model gives NaN embeddings: show NaN columns and let training go on

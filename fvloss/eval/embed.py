@@ -61,10 +61,11 @@ def _batches(
     batch_size: int,
     num_workers: int,
     cache: dict | None,
+    indices: Sequence[int] | None = None,
 ) -> Iterator[list[tuple[int, torch.Tensor | None, str | None]]]:
-    """Batches of (index, tensor or None, reason or None) over images ``0..len(keys)-1``;
-    ``cache`` (keyed by ``keys``) keeps transformed images between calls."""
-    todo = list(range(len(keys)))
+    """Batches of (index, tensor or None, reason or None) over images ``0..len(keys)-1`` (or
+    ``indices`` of them); ``cache`` (keyed by ``keys``) keeps transformed images between calls."""
+    todo = list(range(len(keys)) if indices is None else indices)
     if cache is not None:
         hits = [i for i in todo if keys[i] in cache]
         for k in range(0, len(hits), batch_size):
@@ -98,10 +99,13 @@ def _embed(
     num_workers: int = 0,
     skip_errors: bool = False,
     cache: dict | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings ``(N, D)`` float32 of the images and ``{index: reason}`` of unreadable ones.
 
     Unreadable images raise :class:`ImageReadError` unless ``skip_errors`` (their rows are 0).
+    ``share=(rank, world)``: this rank embeds images ``rank, rank + world, ...`` and every
+    rank gets all of them (gathered; every rank must call it together).
     """
     if not keys:
         return np.zeros((0, 0), dtype=np.float32), {}
@@ -109,8 +113,10 @@ def _embed(
         raise ValueError(f"{embedder.name}: the embedder has no transform (preprocessing)")
     out: np.ndarray | None = None
     failed: dict[int, str] = {}
+    rank, world = share
+    mine = range(rank, len(keys), world) if world > 1 else None
     with embedder.running():
-        for batch in _batches(load, keys, embedder.transform, batch_size, num_workers, cache):
+        for batch in _batches(load, keys, embedder.transform, batch_size, num_workers, cache, mine):
             for i, _, reason in batch:
                 if reason is not None:
                     if not skip_errors:
@@ -128,9 +134,28 @@ def _embed(
             if out is None:
                 out = np.zeros((len(keys), e.shape[1]), dtype=np.float32)
             out[[i for i, _ in ok]] = e
+    if world > 1:
+        out, failed = _gathered(out, failed, mine, len(keys))
     if out is None:
         raise ImageReadError(keys[0], f"no image could be read ({len(failed)} failed)")
     return out, failed
+
+
+def _gathered(out: np.ndarray | None, failed: dict[int, str], mine: range, n: int):
+    """Every rank's rows ``mine`` of ``out`` and its failures, put together on every rank."""
+    import torch.distributed as dist
+
+    parts: list = [None] * mine.step  # (the number of ranks)
+    dist.all_gather_object(parts, (None if out is None else out[mine], failed, mine))
+    full: np.ndarray | None = None
+    failed = {}
+    for rows, bad, idx in parts:
+        failed.update(bad)
+        if rows is not None:
+            if full is None:
+                full = np.zeros((n, rows.shape[1]), dtype=np.float32)
+            full[idx] = rows
+    return full, failed
 
 
 def embed_images(
@@ -196,12 +221,14 @@ def score_pairs(
     num_workers: int = 0,
     skip_missing: bool = False,
     cache: dict | None = None,
+    share: tuple[int, int] = (0, 1),
 ) -> tuple[np.ndarray, PairSet]:
     """Cosine similarity of every pair, each unique image embedded once.
 
     Returns ``(scores, kept)`` where ``kept`` is ``pairs`` less the pairs with an unreadable
     image (only with ``skip_missing``; they are counted in ``kept.skipped``). ``cache``, a dict
     kept by the caller, holds transformed images between calls (memory: N x 3 x H x W floats).
+    ``share=(rank, world)``: the images are split across the ranks, which call it together.
     """
     emb, failed = _embed(
         as_embedder(model, transform, device),
@@ -212,6 +239,7 @@ def score_pairs(
         num_workers,
         skip_errors=skip_missing,
         cache=cache,
+        share=share,
     )
     if failed:
         bad = np.zeros(len(pairs.paths), dtype=bool)
