@@ -1,6 +1,6 @@
 """Memory: peak RSS of a training step, and the classifier / margin head's memory by class count.
 
-    python bench/memory.py [--quick] [--sizes 64 112] [--save]
+    python bench/memory.py [--quick] [--heads-only] [--sizes 64 112] [--classes ...] [--save]
 
 1. **Training step**: ResNet34 + 128-d embedding + softmax head (269 classes), bs 64, fastai
    ``Adam``, channels_last, fp32 and bf16 autocast. Each configuration runs in a fresh process
@@ -9,7 +9,7 @@
    step (``VmHWM`` reset in between). The plain step is the baseline; the second row of each
    configuration is the same step through ``face_learner`` (fastai's ``Learner``).
 2. **Head**: ``SoftmaxHead``, ``ArcFaceHead`` and ArcFace as Partial FC sampling 10% of the
-   classes (one process) for 5,296 / 100,000 / 1,000,000 classes at 128-d and 512-d, batch 64, fp32 (the margin heads always compute in fp32; under bf16 autocast only the
+   classes (one process; and, computed only, one of 8 ranks each holding 1/8 of the classes) for 5,296 / 100,000 / 1,000,000 classes at 128-d and 512-d, batch 64, fp32 (the margin heads always compute in fp32; under bf16 autocast only the
    softmax head's logits halve). Computed: weights, + gradient + Adam's two moments (4x the
    weights), per-step activations (logit-sized tensors). Measured: peak RSS above the process's
    baseline during two steps (forward, loss, backward, Adam), in a fresh process; skipped (computed
@@ -159,7 +159,11 @@ def run_child(args: list[str]) -> dict:
 
 # -- the head's memory, computed ----------------------------------------------------------------
 def head_prediction(kind: str, n_classes: int, dim: int, bs: int) -> dict[str, float]:
-    rate = float(kind.split("@")[1]) if kind.startswith("partial_fc") else 1.0
+    """Per process; ``partial_fc@R/W``: one of W ranks, holding n_classes / W of the classes
+    and scoring the global batch (W x bs, all-gathered)."""
+    rate = float(kind.split("@")[1].split("/")[0]) if kind.startswith("partial_fc") else 1.0
+    world = int(kind.split("/")[1]) if "/" in kind else 1
+    n_classes, bs = -(-n_classes // world), bs * world
     w = n_classes * dim * 4 + (n_classes * 4 if kind == "softmax" else 0)
     train_state = 4 * w  # weights, gradient, Adam's exp_avg and exp_avg_sq
     opt_tmp = (
@@ -203,6 +207,7 @@ def main(argv=None) -> int:
     ap.add_argument("--dims", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--max-fraction", type=float, default=0.4,
                     help="measure a head only if its predicted peak is below this share of MemAvailable")  # fmt: skip
+    ap.add_argument("--heads-only", action="store_true", help="the head table only (part 2)")
     ap.add_argument("--save", action="store_true")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -221,7 +226,7 @@ def main(argv=None) -> int:
     print("\n".join(out), flush=True)
 
     rows = []
-    for size in args.sizes:
+    for size in [] if args.heads_only else args.sizes:
         for prec in ("fp32", "bf16"):
             for side in ("plain", "learner"):
                 r = run_child(["step", str(size), prec, str(args.bs), side])
@@ -235,19 +240,22 @@ def main(argv=None) -> int:
     tab = md_table(["px", "dtype", "driver", "RSS after imports MiB", "after model MiB",
                     "peak, 1st step MiB", "peak, later steps MiB", "later peak - model MiB"], rows)  # fmt: skip
     hdr = f"### 1. Peak RSS of a training step (ResNet34 + softmax, bs {args.bs}, channels_last, fastai Adam)"
-    emit(out, hdr, "", tab, "")
+    if rows:
+        emit(out, hdr, "", tab, "")
 
     rows = []
     avail = available_bytes()
     for n in args.classes:
         for d in args.dims:
-            for kind in ("softmax", "arcface", "partial_fc@0.1"):
+            for kind in ("softmax", "arcface", "partial_fc@0.1", "partial_fc@0.1/8"):
                 pr = head_prediction(kind, n, d, args.bs)
                 measured, step = (
                     f"not measured: predicted peak > {100 * args.max_fraction:.0f}% of free memory",
                     "",
                 )
-                if pr["peak"] < args.max_fraction * avail:
+                if "/" in kind:
+                    measured = "computed only (one of 8 ranks)"
+                elif pr["peak"] < args.max_fraction * avail:
                     r = run_child(["head", kind, str(n), str(d), str(args.bs)])
                     if "error" in r:
                         measured = r["error"]

@@ -24,8 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
         ["bench/overhead.py", "--quick", "--keep-memory"],
         ["bench/data_pipeline.py", "--quick", "--keep-memory"],
         ["bench/bodies.py", "--quick"],
+        ["bench/ddp.py", "--quick", "--bs", "8", "--size", "32"],
+        ["bench/memory.py", "--heads-only", "--classes", "1000", "--dims", "16"],
     ],
-    ids=["gpu_bench", "overhead", "data_pipeline", "bodies"],
+    ids=["gpu_bench", "overhead", "data_pipeline", "bodies", "ddp", "memory_heads"],
 )
 def test_bench_script_runs(args, tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TMPDIR": str(tmp_path)}
