@@ -87,6 +87,15 @@ class DataReport:
             "bad_files": [{"path": p, "reason": r} for p, r in self.bad_files],
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataReport:
+        """The report :meth:`to_dict` wrote (a packed index keeps its scan's report so)."""
+        return cls(root=d["root"], n_identities=d["n_identities"], n_images=d["n_images"],
+                   empty_identities=list(d["empty_identities"]),
+                   single_image_identities=list(d["single_image_identities"]),
+                   bad_files=[(b["path"], b["reason"]) for b in d["bad_files"]],
+                   loose_files=d["n_loose_files"])  # fmt: skip
+
     def summary(self) -> str:
         s = f"{self.root}: {self.n_images} images of {self.n_identities} identities"
         extra = []
@@ -350,6 +359,8 @@ def face_dls(
     preload: str = "auto",
     preload_share: float = 0.25,
     channels_last: bool = False,
+    stream: bool = False,
+    index_dir: str | Path | None = None,
 ) -> DataLoaders:
     """Training / validation ``DataLoaders`` for an identity folder, split by identity.
 
@@ -370,9 +381,17 @@ def face_dls(
     and the uint8 images take at most ``preload_share`` of the available memory; ``"on"``
     requires it (an error says why it cannot), ``"off"`` keeps the per-image Albumentations
     path. ``dls.pipeline`` says which path was taken and why.
+
+    ``stream``: for millions of images, the index as flat arrays (:mod:`fvloss.stream`: no
+    Python object per image), built once into ``index_dir`` (by rank 0 under DDP; then mapped
+    by every rank) or, without one, in memory; served image by image (no preloading), with the
+    same batches as the default per-image path.
     """
     if preload not in ("auto", "on", "off"):
         raise ValueError(f"preload must be auto, on or off, got {preload!r}")
+    if stream:
+        return _streamed(root, img_size, bs, valid_pct, seed, hflip, mean, std, extra_aug, check,
+                         skip_bad, num_workers, device, index, index_dir)  # fmt: skip
     if index is None:
         scan = scan_records if is_record_set(root) else scan_identities
         index = scan(root, check=check, skip_bad=skip_bad)
@@ -391,7 +410,7 @@ def face_dls(
             bs=bs, seed=seed, num_workers=(os.cpu_count() or 0) if num_workers is None else num_workers,  # decoding
             device=device, channels_last=channels_last,
         )  # fmt: skip
-        return _describe(dls, train_ids, valid_ids, index, why, img_size)
+        return _describe(dls, train_ids, valid_ids, index.report, why, img_size)
     train_set = set(train_ids)
     valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
     block = DataBlock(
@@ -417,7 +436,37 @@ def face_dls(
         kw["pin_memory"] = True
     # SeededDL: shuffle and augmentation are functions of (seed, epoch, image), see fvloss.seeded
     dls = block.dataloaders(index.items, dl_type=SeededDL, seed=seed, **kw)
-    return _describe(dls, train_ids, valid_ids, index, why, img_size)
+    return _describe(dls, train_ids, valid_ids, index.report, why, img_size)
+
+
+def _streamed(root, img_size, bs, valid_pct, seed, hflip, mean, std, extra_aug, check,
+              skip_bad, num_workers, device, index, index_dir) -> DataLoaders:  # fmt: skip
+    """``face_dls(..., stream=True)``."""
+    from .distributed import world_size
+    from .stream import PackedIndex, shared_index, streamed_dls
+
+    def scan():
+        return (scan_records if is_record_set(root) else scan_identities)(root, check, skip_bad)
+
+    if isinstance(index, PackedIndex):
+        packed = index
+    elif index_dir is not None:
+        packed = shared_index(root, index_dir, scan)
+    elif world_size() > 1:
+        raise ValueError("stream on several processes needs an index_dir (rank 0 writes it)")
+    else:
+        packed = PackedIndex.from_scan(index if index is not None else scan())
+    read = RecordImageReader(packed.rec, packed.idx) if packed.rec is not None else read_rgb
+    train_ids, valid_ids = split_identities(packed.names, valid_pct, seed)
+    tfm = AlbumentationsTransform(train_pipeline(img_size, hflip, mean, std, extra_aug),
+                                  eval_pipeline(img_size, mean, std), mean, std)  # fmt: skip
+    workers = default_workers() if num_workers is None else num_workers
+    dls = streamed_dls(packed, train_ids + valid_ids, len(train_ids), read, tfm, bs=bs, seed=seed,
+                       num_workers=workers, device=device)  # fmt: skip
+    report = DataReport.from_dict(packed.report)
+    why = (f"streamed from a packed index ({packed.nbytes / 2**20:.1f} MiB of arrays for "
+           f"{len(packed)} images), per-image Albumentations in the DataLoader")  # fmt: skip
+    return _describe(dls, train_ids, valid_ids, report, why, img_size)
 
 
 def default_workers() -> int:
@@ -430,10 +479,10 @@ def default_workers() -> int:
     return 0 if (os.cpu_count() or 1) <= 2 else int(defaults.cpus)
 
 
-def _describe(dls, train_ids, valid_ids, index, pipeline: str, img_size: int) -> DataLoaders:
+def _describe(dls, train_ids, valid_ids, report, pipeline: str, img_size: int) -> DataLoaders:
     dls.n_classes, dls.img_size = len(train_ids), img_size
     dls.train_identities, dls.valid_identities = train_ids, valid_ids
-    dls.report, dls.pipeline = index.report, pipeline
+    dls.report, dls.pipeline = report, pipeline
     return dls
 
 

@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[1]
         ["bench/bodies.py", "--quick"],
         ["bench/ddp.py", "--quick", "--bs", "8", "--size", "32"],
         ["bench/memory.py", "--heads-only", "--classes", "1000", "--dims", "16"],
+        ["bench/data_index.py", "--images", "2000"],
     ],
-    ids=["gpu_bench", "overhead", "data_pipeline", "bodies", "ddp", "memory_heads"],
+    ids=["gpu_bench", "overhead", "data_pipeline", "bodies", "ddp", "memory_heads", "data_index"],
 )
 def test_bench_script_runs(args, tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TMPDIR": str(tmp_path)}

@@ -227,13 +227,16 @@ def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
            "-m", "fvloss.recipes.arcface", "--data", ddp_data, "--img-size", "32",
            "--arch", "resnet18", "--emb-dim", "8", "--bs", "4", "--epochs", "2",
            "--lr-find-iters", "5", "--val-pairs", "60", "--progress", "false", "--out", str(out),
-           "--pairs", str(cfp), "--pairs-format", "cfp-fp", "--pairs-root", ddp_data]  # fmt: skip
+           "--pairs", str(cfp), "--pairs-format", "cfp-fp", "--pairs-root", ddp_data,
+           "--stream", "true"]  # fmt: skip
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-3000:]
     (run,) = list(out.iterdir())  # one run folder, written by rank 0
     assert (run / "metrics.json").is_file() and (run / "model.pth").is_file()
     assert (run / "verify" / "cfp-fp.json").is_file()
+    assert (run / "index" / "codes.npy").is_file()  # --stream: rank 0 packed the index there
+    assert "streamed from a packed index" in p.stdout
     assert p.stdout.count("lr_find suggests") == 1  # logs from rank 0 only
     assert "2 processes: batch 4 per process, 8 per step" in p.stdout
 

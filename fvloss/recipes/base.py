@@ -153,7 +153,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         data, img_size=cfg.img_size, bs=cfg.bs, valid_pct=cfg.valid_pct, seed=cfg.seed, hflip=cfg.hflip,
         mean=cfg.mean, std=cfg.std, extra_aug=cfg.extra_aug, check=cfg.check, skip_bad=cfg.skip_bad,
         num_workers=None if cfg.workers < 0 else cfg.workers, preload=cfg.preload,
-        preload_share=cfg.preload_share, channels_last=cfg.channels_last,
+        preload_share=cfg.preload_share, channels_last=cfg.channels_last, stream=cfg.stream,
+        index_dir=run_dir / "index" if cfg.stream else None,
     )  # fmt: skip
     if ddp:  # each rank its share of every epoch, without a broadcast (fvloss.seeded)
         dls.train.shard(fdist.rank(), fdist.world_size())

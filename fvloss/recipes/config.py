@@ -71,6 +71,9 @@ class Config:
     workers: int = -1  # DataLoader workers; -1: 0 on <= 2 cores (measured faster), else the CPUs
     preload: str = "auto"  # auto | on | off: decode once into RAM, augment on the device
     preload_share: float = 0.25  # ... (auto) when the uint8 images fit in this share of free RAM
+    # millions of images: the index as flat arrays in RUN/index (rank 0 scans once, every rank
+    # maps it; fvloss.stream), images read one by one (no preload)
+    stream: bool = False
     # optimisation
     bs: int = 64
     epochs: int = 10
