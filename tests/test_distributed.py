@@ -254,6 +254,7 @@ def _recipe(args: list[str], nproc: int, timeout: int = 300, loss: str = "softma
 
 @pytest.mark.parametrize(("first", "then", "extra"), [
     (2, 1, []), (1, 2, []), (2, 1, ["--partial-fc", "0.5"]), (1, 2, ["--partial-fc", "0.5"]),
+    (2, 3, ["--partial-fc", "0.5"]),  # 3 ranks: blocks of unequal sizes
 ])  # fmt: skip
 def test_a_run_saved_on_one_world_size_resumes_on_another(ddp_data, tmp_path, first, then, extra):
     import json
