@@ -1,6 +1,6 @@
 """The GPU check behind ``bench/gpu_check.sh``: one run, under 10 minutes, one results table.
 
-    python -m bench.gpu_bench [--dry-run] [--out FILE] [--budget-s 540]
+    python -m bench.gpu_bench [--dry-run] [--out FILE] [--budget-s 540] [--parts 1 2 3 4]
 
 On a CUDA device it measures, each part against its baseline in the same run:
 
@@ -12,6 +12,9 @@ On a CUDA device it measures, each part against its baseline in the same run:
 3. **Loader**: images/s of ``face_dls`` (decode + augment, batches moved to the device) with
    0..N workers, and the training step fed by it against preloaded tensors
    (``bench/data_pipeline.py``), on ``../shared`` CelebA-wild JPEGs (or made-up ones).
+4. **Many classes** (issue 14): ResNet34 + 512-d at 112 px, bf16, batch 128, with an ArcFace
+   head over 100k and 1M classes, full against Partial FC sampling 10%: images/s and peak
+   device memory.
 
 Each part is written to the results file as soon as it is done, and the parts left when the time
 budget runs out are skipped (and said so), so a run cut short still leaves a table.
@@ -91,6 +94,7 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--out", help="results file (default bench/results/gpu_<device>.md)")
     ap.add_argument("--budget-s", type=float, default=540, help="skip parts that would start later")
+    ap.add_argument("--parts", type=int, nargs="+", default=[1, 2, 3, 4], help="which parts to run")
     ap.add_argument("--sizes", type=int, nargs="+", default=[112, 160])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
@@ -147,7 +151,7 @@ def main(argv=None) -> int:
     write()
 
     # -- 1. training step -------------------------------------------------------------------------
-    if not over_budget("1. Training step"):
+    if 1 in args.parts and not over_budget("1. Training step"):
         rows = []
         torch.backends.cudnn.benchmark = True  # picks the fastest conv algorithms for fixed shapes
         variants = {
@@ -195,7 +199,7 @@ def main(argv=None) -> int:
               "", tab, "")  # fmt: skip
 
     # -- 2. Learner vs plain loop -----------------------------------------------------------------
-    if not over_budget("2. Framework overhead"):
+    if 2 in args.parts and not over_budget("2. Framework overhead"):
         cb, why = mixed_precision_cb("auto", device)
         amp = None if cb is None else ("fp16" if "fp16" in why else "bf16")
         rows = []
@@ -217,7 +221,7 @@ def main(argv=None) -> int:
               "", tab, "")  # fmt: skip
 
     # -- 3. loader ----------------------------------------------------------------------------------
-    if not over_budget("3. Loader"):
+    if 3 in args.parts and not over_budget("3. Loader"):
         tmp = None
         root = Path(args.data) if args.data else None
         if root is None:
@@ -263,8 +267,72 @@ def main(argv=None) -> int:
                       "", tab, "")  # fmt: skip
         if tmp is not None:
             tmp.cleanup()
+    # -- 4. many classes: the full margin head against Partial FC -------------------------------
+    if 4 in args.parts and not over_budget("4. Many classes"):
+        size, bs = (32, 8) if dry else (112, 128)
+        rows = []
+        for n in (1_000, 5_000) if dry else (100_000, 1_000_000):
+            for kind in ("arcface", "partial_fc@0.1"):
+                if time.time() - t_start > args.budget_s:
+                    rows.append([f"{n:,}", kind, "skipped (budget)", "", ""])
+                    continue
+                ips, mem = head_step(kind, n, size, bs, 2 if dry else 10, device)
+                rows.append([f"{n:,}", kind, f"{ips:.0f}", f"{mem:.1f}" if mem else "", size])
+                print(f"  {kind} {n}: {ips:.0f} img/s", flush=True)
+        tab = md_table(["classes", "head", "img/s", "peak GiB", "px"], rows)
+        write(f"### 4. ResNet34 + 512-d + ArcFace over many classes: full head vs Partial FC r = 0.1 "
+              f"(one device, bf16 autocast, channels_last, fastai Adam, bs {bs})", "", tab, "")  # fmt: skip
     write(f"(finished in {time.time() - t_start:.0f} s; results in {out_path})")
     return 0
+
+
+def head_step(
+    kind: str, n_classes: int, size: int, bs: int, steps: int, device
+) -> tuple[float, float]:
+    """Training images/s of ResNet34 + 512-d embedding + an ArcFace head over ``n_classes``
+    (``partial_fc@R``: sampled), bf16 autocast; and the peak device memory (GiB, CUDA)."""
+    from fastai.optimizer import Adam
+
+    from fvloss.heads import ArcFaceHead
+    from fvloss.heads.partial_fc import PartialFCHead
+    from fvloss.model import EmbeddingNet, FaceNet
+
+    torch.manual_seed(0)
+    if kind.startswith("partial_fc"):
+        head = PartialFCHead(ArcFaceHead, 512, n_classes, float(kind.split("@")[1]), s=64.0, m=0.5)
+    else:
+        head = ArcFaceHead(512, n_classes, s=64.0, m=0.5)
+    model = FaceNet(EmbeddingNet("resnet34", 512, img_size=size), head).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = Adam(list(model.parameters()), lr=1e-3)
+    x = torch.randn(bs, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_classes, (bs,), device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model.head(model(x), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+    for _ in range(2):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    ips = bs * steps / (time.perf_counter() - t)
+    mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
+    model = opt = head = None  # freed before the next head is built
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return ips, mem
 
 
 if __name__ == "__main__":
