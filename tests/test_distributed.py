@@ -339,3 +339,27 @@ def test_protocol_images_are_split_across_ranks_and_scored_as_on_one(tmp_path):
     for r in ranks:
         assert r["n"] == one["n"] and r["skipped"] == one["skipped"]
         np.testing.assert_array_equal(r["scores"], one["scores"])
+
+
+def _guarded(rank: int, world: int) -> str:
+    from types import SimpleNamespace
+
+    from fvloss.callbacks.guard import DivergenceGuard, TrainingDiverged
+
+    guard = DivergenceGuard()
+    guard.learn = SimpleNamespace(model=torch.nn.Linear(1, 1), epoch=0, training=True, opt=None,
+                                  path=Path("."), model_dir="none")  # fmt: skip
+    guard.before_fit()
+    for loss in (1.0, float("inf") if rank == 1 else 1.0):  # rank 1 alone explodes at step 1
+        guard.learn.loss = torch.tensor(loss)
+        try:
+            guard.after_loss()
+        except TrainingDiverged as e:
+            return e.reason
+        guard.step += 1
+    return "went on"
+
+
+def test_a_loss_that_explodes_on_one_rank_stops_every_rank_at_the_same_step():
+    reasons = run_ranks(_guarded, 2)
+    assert reasons == ["the loss is inf"] * 2  # not one rank stopping, the other waiting

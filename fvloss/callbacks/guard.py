@@ -31,6 +31,8 @@ import statistics
 import torch
 from fastai.callback.core import Callback
 
+from ..distributed import global_mean
+
 __all__ = ["DivergenceGuard", "TrainingDiverged"]
 
 
@@ -115,7 +117,10 @@ class DivergenceGuard(Callback):
     def after_loss(self) -> None:
         if not (self.active and self.training):
             return
-        self._pending.append((self.learn.epoch, self.step, "loss", self.learn.loss.detach()))
+        # under DDP the mean over the ranks: every rank judges the same loss and stops at the
+        # same step (one rank stopping alone would leave the others waiting in a collective)
+        loss = global_mean(self.learn.loss.detach().float().reshape(1))
+        self._pending.append((self.learn.epoch, self.step, "loss", loss))
         if self._every == 1:
             self.flush()
 
