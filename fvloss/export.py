@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import __version__
+from .cliutil import Parser
 from .jsonio import atomic_write
 from .model import FaceNet
 
@@ -224,7 +225,11 @@ def check_onnx(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
+        examples=[
+            "fvloss export runs/celeba64-arcface --onnx arcface.onnx",
+            "fvloss export runs/celeba64-arcface --onnx arcface.onnx --opset 17",
+        ],
         prog="fvloss export",
         description="Export a run's embedder to ONNX (preprocessing stored in the file's "
         "metadata) and check it against PyTorch.",

@@ -20,7 +20,6 @@ beside numpy >= 1.24, so this module reads and writes the format itself:
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import struct
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from .cliutil import Parser
 from .imageio import ImageReadError, check_image_bytes, decode_rgb
 
 if TYPE_CHECKING:  # data.py imports fastai; this module stays light (it is imported by data.py)
@@ -635,7 +635,11 @@ def pack_folder(
 
 def main(argv: list[str] | None = None) -> int:
     """``fvloss pack FOLDER OUT_DIR [--quality Q] [--reencode] [--check MODE]``."""
-    ap = argparse.ArgumentParser(
+    ap = Parser(
+        examples=[
+            "fvloss pack data/celeba-wild-aligned data/celeba-rec",
+            "fvloss pack data/celeba-wild-aligned data/celeba-rec --reencode --quality 90",
+        ],
         prog="fvloss pack",
         description="Write an identity folder (FOLDER/<identity>/<image>) as an insightface "
         "RecordIO set: OUT_DIR/train.rec, train.idx, property, identities.txt.",

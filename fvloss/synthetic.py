@@ -13,7 +13,6 @@ Written once to a cache folder (``fvloss synthetic DST`` writes it anywhere) in 
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -24,6 +23,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .cliutil import Parser
 
 __all__ = ["SyntheticSpec", "render_face", "make_synthetic", "default_cache_dir", "main"]
 
@@ -257,7 +258,14 @@ def make_synthetic(
 
 def main(argv: list[str] | None = None) -> int:
     """``fvloss synthetic DST``: write the synthetic set to DST."""
-    ap = argparse.ArgumentParser(prog="fvloss synthetic", description=__doc__.splitlines()[0])
+    ap = Parser(
+        examples=[
+            "fvloss synthetic data/synthetic",
+            "fvloss synthetic data/synth-big --identities 200 --images 20",
+        ],
+        prog="fvloss synthetic",
+        description=__doc__.splitlines()[0],
+    )
     ap.add_argument("dst", nargs="?", help="output folder (default: the cache folder)")
     ap.add_argument("--identities", type=int, default=SyntheticSpec.n_identities)
     ap.add_argument("--images", type=int, default=SyntheticSpec.images_per_identity)

@@ -6,12 +6,14 @@ import argparse
 import os
 import sys
 
+from ..cliutil import Parser
 from .detectors import DEFAULT_MIN_SCORE, DETECTORS, DetectorUnavailable
 from .folder import FALLBACKS, PREVIEW_NAME, REPORT_NAME, align_folder
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
+        examples=["fvloss align ../shared/data/lfw-view1 data/lfw-view1-aligned"],
         prog="fvloss align",
         description=(
             "Detect the main face in every image under SRC, warp it onto the ArcFace 5-point "

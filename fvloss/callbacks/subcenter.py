@@ -16,6 +16,9 @@ class SubCenterDrop(Callback):
     training also runs ``pct_train`` to 1, and the drop cannot be undone.
 
     ``n_classes`` and ``emb_dim`` are what the loss registry passes every callback; unused here.
+
+    Args:
+        drop_at: share of training after which non-dominant sub-centres are dropped (0: never).
     """
 
     order = 5  # before_batch, before the forward pass this batch's drop must reach

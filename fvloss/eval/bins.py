@@ -19,7 +19,6 @@ arrays itself, so that a file holding anything else is refused before any of it 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import io
 import math
@@ -32,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..cliutil import Parser
 from ..imageio import ImageReadError, check_image_bytes
 from ..jsonio import atomic_write
 from .metrics import assign_folds
@@ -499,15 +499,19 @@ def pack_bin(pairs: PairSet, out: str | Path, n_folds: int = 10) -> Path:
 # ----------------------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
+class _Parser(Parser):
     def error(self, message: str):  # one line, not usage + error
-        print(f"{self.prog}: {message} (see --help)", file=sys.stderr)
+        print(f"{self.prog}: {message}{self._suggestion(message)} (see --help)", file=sys.stderr)
         raise SystemExit(2)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``fvloss pack-bin PAIRS ROOT OUT.bin [--protocol P] [--skip-missing] [--folds N]``."""
     ap = _Parser(
+        examples=[
+            "fvloss pack-bin ../shared/data/cfp ../shared/data/cfp/Data/Images cfp_fp.bin "
+            "--protocol cfp-fp"
+        ],
         prog="fvloss pack-bin",
         description="Write a pair protocol as an insightface .bin (original image bytes; pairs "
         "grouped by fold so that insightface's 10 consecutive folds are the protocol's).",

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from ..cliutil import Parser
 from ..jsonio import read_json, write_json
 from .bootstrap import (
     MAX_ALL_PAIRS,
@@ -267,7 +268,11 @@ def _bootstrap_lines(boot: BootstrapResult, labels: Sequence[str], all_pairs: bo
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
+        examples=[
+            "fvloss compare runs/celeba64-softmax runs/celeba64-arcface --pairs ../shared/data/lfw-view1/pairsDevTest.txt --root data/lfw-view1-aligned",
+            "fvloss compare --grid softmax,arcface --seeds 42,43 --out runs/grid -- --config recipes/celeba64.toml",
+        ],
         prog="fvloss compare",
         description="Put trained runs side by side: one Markdown table (AUC, k-fold accuracy, "
         "TAR@FAR, EER, training time), their ROC curves overlaid, and paired bootstrap "

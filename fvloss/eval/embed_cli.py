@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cliutil import Parser
 from ..imageio import IMAGE_EXTENSIONS, ImageReadError
 
 __all__ = ["list_images", "main"]
@@ -33,13 +34,13 @@ def list_images(folder: Path) -> list[Path]:
 def _parser() -> argparse.ArgumentParser:
     from .verify_cli import add_model_options
 
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fvloss embed",
         description="Embed every image under FOLDER with a run's embedder or an ONNX model; "
         "writes paths + L2-normalised embeddings to one .npz file.",
-        epilog="example:\n  fvloss embed --model runs/celeba64-arcface data/lfw-view1-aligned "
-        "--out lfw.npz --flip",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        examples=[
+            "fvloss embed --model runs/celeba64-arcface data/lfw-view1-aligned --out lfw.npz --flip"
+        ],
     )
     p.add_argument("folder", type=Path, metavar="FOLDER", help="images (aligned faces)")
     p.add_argument("--model", required=True, type=Path, help="run folder or .onnx model")

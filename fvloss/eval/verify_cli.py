@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cliutil import Parser
 from ..imageio import ImageReadError
 from .metrics import VerificationResult, format_result, verify_scores
 from .protocols import PairFileError, PairSet, add_pair_options, read_pairs
@@ -114,7 +115,7 @@ def paper_table(label: str, results: dict[str, VerificationResult]) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="fvloss verify",
         description="Score a run's embedder (or an ONNX model) on face-verification protocols: "
         "a pair file or CFP folder (--pairs), insightface .bin sets (--bin), IJB-B/C (--ijb). "

@@ -23,6 +23,11 @@ class AdaFaceHead(MarginHead):
     As the authors' code (github.com/mk-minchul/AdaFace, head.py): the norm is clipped to
     [0.001, 100] and detached, and ``batch_mean`` / ``batch_std`` (buffers, init 20 and 100) are
     updated before they are used, ``t_alpha`` being the new batch's weight.
+
+    Args:
+        h: how far the standardised norm moves the margin (z = clip(h (norm - mu) / sigma)).
+        t_alpha: the weight of a new batch in the norm's EMA statistics.
+        eps: added to the EMA std.
     """
 
     def __init__(

@@ -15,6 +15,10 @@ class ArcFaceHead(MarginHead):
     Computed by :func:`~fvloss.heads.base.angular_margin` (the authors' trigonometric identity,
     finite gradients at cos = +-1, their fall-back ``cos - m sin(m)`` where theta + m > pi).
     ``easy_margin=True`` instead applies the margin only where cos > 0.
+
+    Args:
+        easy_margin: the margin only where cos > 0 (insightface's option).
+        eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
 
     def __init__(

@@ -22,6 +22,12 @@ class CombinedMarginHead(MarginHead):
     ``-1 / sin(theta)`` stays finite at cos = +-1. The angle ``m1 theta + m2`` is clamped at pi:
     beyond it cos would grow again with theta and reward moving away from the class (ArcFace's
     fall-back serves the same end for m2 alone); there the target is ``-1 - m3``, flat.
+
+    Args:
+        m1: SphereFace's multiplicative angular margin (1: none).
+        m2: ArcFace's additive angular margin (radians).
+        m3: CosFace's additive cosine margin.
+        eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
 
     margins = {"m1": 1.0, "m2": 0.0, "m3": 0.0}  # a warm-up ramps all three (m1 from 1)

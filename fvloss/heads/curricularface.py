@@ -17,6 +17,9 @@ class CurricularFaceHead(MarginHead):
     ``t`` is an EMA of the batches' mean target cosine (before the margin), ``t <- 0.01 mean +
     0.99 t`` from 0, updated in training before use: early (t ~ 0) hard negatives are damped,
     easy samples dominate; as t grows they weigh more. Paper defaults ``s=64, m=0.5``.
+
+    Args:
+        eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
 
     def __init__(

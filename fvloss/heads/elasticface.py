@@ -20,6 +20,9 @@ class ElasticArcHead(MarginHead):
     margin is the mean ``m`` (a deterministic validation loss). The authors' code applies
     ``cos(theta + m_i)`` as it is; fvloss keeps ArcFace's fall-back ``cos - m_i sin(m_i)``
     beyond theta + m_i > pi, as for ArcFace. A margin warm-up ramps the mean, not ``std``.
+
+    Args:
+        std: the spread of the per-sample margin N(m, std).
     """
 
     def __init__(

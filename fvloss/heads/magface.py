@@ -21,6 +21,11 @@ class MagFaceHead(MarginHead):
     with large norms. ArcFace's fall-back ``cos - m sin(m)`` applies beyond theta + m > pi.
     The regulariser needs the embedding's magnitude free to move: fvloss's neck ends in
     BatchNorm1d, whose affine weight still lets the norm grow or shrink.
+
+    Args:
+        l_a, u_a: the feature magnitude's bounds.
+        l_m, u_m: the margin at l_a and at u_a.
+        lambda_g: the weight of the magnitude regulariser g.
     """
 
     #: a warm-up ramps the margin's bounds: m(a) = 0 without margin

@@ -83,6 +83,15 @@ class LossSpec:
         """Every setting and its default."""
         return {**self.head_settings, **self.callback_settings, **self.defaults}
 
+    def setting_docs(self) -> dict[str, str]:
+        """Each setting's one-line documentation, from the ``Args:`` sections of the head's
+        and the callback's docstrings (and their base classes'): the one place it is written."""
+        docs: dict[str, str] = {}
+        for cls in (self.head, self.callback):
+            for klass in getattr(cls, "__mro__", ())[::-1]:  # a subclass's words win
+                docs.update(_args_section(klass.__doc__ or ""))
+        return {k: docs[k] for k in self.settings if k in docs}
+
     def check(self, settings: dict[str, Any], where: str = "") -> None:
         """An unknown key, or a value of the wrong kind, is an error naming it."""
         known = self.settings
@@ -161,3 +170,27 @@ def build_loss(
 ) -> tuple[Head, list]:
     """``(head, callbacks)`` of the registered loss ``name``."""
     return loss_spec(name).build(emb_dim, n_classes, settings)
+
+
+def _args_section(doc: str) -> dict[str, str]:
+    """``{name: text}`` of a Google-style ``Args:`` section (``a, b: text`` names both)."""
+    out: dict[str, str] = {}
+    lines = inspect.cleandoc(doc).splitlines()
+    if "Args:" not in lines:
+        return out
+    names: list[str] = []
+    for line in lines[lines.index("Args:") + 1 :]:
+        if not line.strip():
+            break
+        if not line.startswith("    "):
+            break  # the section ended
+        body = line[4:]
+        if not body.startswith(" ") and ":" in body:  # "name: text" (continuations indent more)
+            head, text = body.split(":", 1)
+            names = [n.strip() for n in head.split(",")]
+            for n in names:
+                out[n] = text.strip()
+        else:
+            for n in names:
+                out[n] += " " + body.strip()
+    return out

@@ -11,7 +11,11 @@ __all__ = ["SoftmaxHead"]
 
 
 class SoftmaxHead(Head):
-    """``logits = W x + b``; loss = cross-entropy (inherited from :class:`Head`)."""
+    """``logits = W x + b``; loss = cross-entropy (inherited from :class:`Head`).
+
+    Args:
+        bias: a bias per class (the assignment's nn.Linear).
+    """
 
     def __init__(self, emb_dim: int, n_classes: int, bias: bool = True):
         super().__init__()

@@ -19,6 +19,11 @@ class SphereFaceHead(MarginHead):
     is ``(lambda ||x|| cos + ||x|| psi) / (1 + lambda)``, ``lambda = max(lambda_min,
     base (1 + gamma it)^-power)`` at training forward ``it`` (base=1000, gamma=0.12, power=1,
     lambda_min=5). ``base=0, lambda_min=0`` is plain A-Softmax.
+
+    Args:
+        m: the multiplicative angular margin, an integer.
+        base, gamma, power: the annealing lambda = base (1 + gamma it)^-power.
+        lambda_min: lambda's floor (0 with base 0: plain A-Softmax).
     """
 
     margins: dict[str, float] = {}  # an integer m, eased in by its own lambda annealing instead

@@ -22,6 +22,11 @@ class SubCenterArcFaceHead(MarginHead):
     :class:`~fvloss.callbacks.subcenter.SubCenterDrop` callback calls it) keeps per class the
     sub-centre nearest to most training samples so far (buffer ``hits``); from then on samples
     farther than ``drop_angle`` from it are left out of the loss, the mean is over the rest.
+
+    Args:
+        k: sub-centres per class.
+        drop_angle: after the drop, samples farther (degrees) from their class's dominant sub-centre leave the loss.
+        eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
 
     _keep: torch.Tensor | None = None  # the batch's samples in the loss, set by logits()

@@ -34,83 +34,103 @@ __all__ = [
 ]
 
 
+def _opt(
+    default: Any = dataclasses.MISSING,
+    help: str = "",
+    choices: tuple | None = None,
+    factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A :class:`Config` field with its documentation and allowed values: the one place that
+    ``--help``, the checks and the errors read."""
+    return field(default=default, default_factory=factory,
+                 metadata={"help": help, "choices": choices})  # fmt: skip
+
+
 @dataclass
 class Config:
     """Every setting of a training run. Defaults: the course assignment's experiment."""
 
     # what to train
-    loss: str = "softmax"  # a registered loss: fvloss train --help lists them
-    name: str = ""  # run-folder prefix; default: the loss
-    data: str | None = None  # identity folder root/<identity>/<image>; none: the synthetic set
+    loss: str = _opt("softmax", "the cost function: a registered loss (choices below)")
+    name: str = _opt("", "run-folder prefix; default: the loss")
+    data: str | None = _opt(None, "identity folder root/<identity>/<image> or a RecordIO set; "
+                            "none: the embedded synthetic set")  # fmt: skip
     # model
-    arch: str = "resnet34"
-    pretrained: bool = False
-    emb_dim: int = 128
-    dropout: float = 0.0
+    arch: str = _opt("resnet34", "the body (backbone): a registered body or timm:NAME")
+    pretrained: bool = _opt(False, "start from the body's ImageNet weights (needs a download)")
+    emb_dim: int = _opt(128, "embedding width")
+    dropout: float = _opt(0.0, "dropout before the embedding layer")
     # cost-function settings: {loss: {setting: value}} over the registry's defaults (the
     # papers', or fvloss's where measured better: ArcFace's s="auto", README "ArcFace on small
-    # data"); in TOML one table per loss, [arcface] s = "auto"
-    loss_settings: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # Partial FC: 0 = the plain head; r in (0, 1] = the classes split across ranks and r of
-    # them sampled per step (ArcFace, CosFace, combined; fvloss.heads.partial_fc)
-    partial_fc: float = 0.0
-    # margin heads (ArcFace, CosFace ...): train with m=0 for this fraction of training, then
-    # ramp m linearly over the next (MarginSchedule); measured needed from scratch on few
-    # identities (README, "ArcFace on small data")
-    margin_hold: float = 0.0
-    margin_warmup: float = 0.3
+    # data"); in TOML one table per loss, [arcface] s = "auto"; flags --<loss>-<setting>
+    loss_settings: dict[str, dict[str, Any]] = _opt(factory=dict)
+    partial_fc: float = _opt(0.0, "Partial FC: 0 = the plain head; r in (0, 1] = the classes "
+                             "split across the ranks and r of them sampled per step (ArcFace, "
+                             "CosFace, combined)")  # fmt: skip
+    # margin heads: measured needed from scratch on few identities (README, "ArcFace on small data")
+    margin_hold: float = _opt(0.0, "margin heads: train with no margin for this share of training")
+    margin_warmup: float = _opt(0.3, "... then ramp the margins in linearly over this share")
     # data and augmentation
-    img_size: int = 160
-    hflip: float = 0.5
-    mean: float = 0.5
-    std: float = 0.5
-    extra_aug: list[dict[str, Any]] = field(default_factory=list)  # albumentations by name
-    valid_pct: float = 0.1  # of the identities, held out for verification
-    check: str = "quick"  # quick | full | none: vetting of image files before training
-    skip_bad: bool = False  # skip (and report) unreadable files instead of stopping
-    workers: int = -1  # DataLoader workers; -1: 0 on <= 2 cores (measured faster), else the CPUs
-    preload: str = "auto"  # auto | on | off: decode once into RAM, augment on the device
-    preload_share: float = 0.25  # ... (auto) when the uint8 images fit in this share of free RAM
-    # millions of images: the index as flat arrays in RUN/index (rank 0 scans once, every rank
-    # maps it; fvloss.stream), images read one by one (no preload)
-    stream: bool = False
-    # optimisation
-    bs: int = 64
-    epochs: int = 10
-    lr: float | None = None  # none: use lr_find's suggestion
-    lr_find_iters: int = 100
-    wd: float = 0.0
-    schedule: str = "one_cycle"  # one_cycle | flat
-    precision: str = "auto"  # auto | fp32 | fp16 | bf16
-    channels_last: bool = True
-    compile: bool = False  # torch.compile the body (slower on the 2-core CPU measured)
-    threads: int = -1  # torch intra-op threads; -1: torch's default (all cores). Set 1 when
-    # other jobs share the cores: 2 threads there thrash (bench/results, cpu_defaults)
-    guard: bool = True  # stop a diverging run (fvloss.callbacks.guard), exit status 3
-    guard_factor: float = 10.0  # ... when the loss stays above factor x its early median
-    guard_patience: int = 20  # ... for this many steps in a row
-    guard_warmup: int = 50  # the early median is of the first this-many steps
-    guard_every: int = 0  # read the loss every N steps; 0: every step on a CPU, 25 on a GPU
-    seed: int = 42  # drives every random draw: init, shuffling, augmentation, split, pairs
-    deterministic: bool = False  # torch.use_deterministic_algorithms + cudnn.deterministic
-    # evaluation
-    val_pairs: int = 3000  # pairs drawn from the validation identities, every epoch
-    pairs: str | None = None  # a pair protocol (file, CFP folder, .bin) scored every epoch
-    pairs_root: str | None = None  # its images' root
-    pairs_format: str = (
-        "auto"  # its protocol: auto | lfw | assignment | csv | cfp-fp | cfp-ff | bin
+    img_size: int = _opt(160, "training and evaluation image size (pixels, square)")
+    hflip: float = _opt(0.5, "probability of a horizontal flip")
+    mean: float = _opt(0.5, "Normalize mean (every channel)")
+    std: float = _opt(0.5, "Normalize std (every channel)")
+    extra_aug: list[dict[str, Any]] = _opt(factory=list)  # albumentations by name (TOML)
+    valid_pct: float = _opt(0.1, "share of the identities held out for verification")
+    check: str = _opt("quick", "vetting of image files before training", ("quick", "full", "none"))
+    skip_bad: bool = _opt(False, "skip (and report) unreadable files instead of stopping")
+    workers: int = _opt(
+        -1, "DataLoader workers; -1: 0 on <= 2 cores (measured faster), else the CPUs"
     )
-    pairs_every: int = 1  # evaluate the pair file every N epochs (and always after the last)
-    flip_tta: bool = False
-    val_bins: list[str] = field(default_factory=list)  # insightface .bin sets, scored in training
-    val_bins_every: int = 1  # every N epochs (and after the last), with flip-sum as insightface
+    preload: str = _opt("auto", "decode the images once into RAM and augment on the device",
+                        ("auto", "on", "off"))  # fmt: skip
+    preload_share: float = _opt(
+        0.25, "... (auto) when the uint8 images fit in this share of free RAM"
+    )
+    stream: bool = _opt(False, "millions of images: the index as flat arrays in RUN/index (rank 0 "
+                        "scans once, every rank maps it), images read one by one")  # fmt: skip
+    # optimisation
+    bs: int = _opt(64, "batch size per process")
+    epochs: int = _opt(10, "training epochs")
+    lr: float | None = _opt(None, "learning rate; none: lr_find's suggestion")
+    lr_find_iters: int = _opt(100, "lr_find's iterations")
+    wd: float = _opt(0.0, "weight decay")
+    schedule: str = _opt("one_cycle", "lr schedule", ("one_cycle", "flat"))
+    precision: str = _opt("auto", "auto: measured on this machine (bf16/fp16 only where faster)")
+    channels_last: bool = _opt(True, "channels_last memory format")
+    compile: bool = _opt(False, "torch.compile the body (slower on the 2-core CPU measured)")
+    # 2 threads thrash when other jobs share 2 cores (bench/results, cpu_defaults)
+    threads: int = _opt(-1, "torch intra-op threads; -1: torch's default (all cores)")
+    guard: bool = _opt(
+        True, "stop a diverging run (exit status 3), keeping the last good checkpoint"
+    )
+    guard_factor: float = _opt(10.0, "... when the loss stays above factor x its early median")
+    guard_patience: int = _opt(20, "... for this many steps in a row")
+    guard_warmup: int = _opt(50, "the early median is of the first this-many steps")
+    guard_every: int = _opt(0, "read the loss every N steps; 0: every step on a CPU, 25 on a GPU")
+    seed: int = _opt(42, "drives every random draw: init, shuffling, augmentation, split, pairs")
+    deterministic: bool = _opt(False, "torch.use_deterministic_algorithms (GPU kernels)")
+    # evaluation
+    val_pairs: int = _opt(3000, "pairs drawn from the held-out identities, scored every epoch")
+    pairs: str | None = _opt(
+        None, "a pair protocol (pair file, CFP folder, .bin) scored every epoch"
+    )
+    pairs_root: str | None = _opt(None, "its images' root")
+    pairs_format: str = _opt("auto", "its protocol",
+                             ("auto", "lfw", "assignment", "csv", "cfp-fp", "cfp-ff", "bin"))  # fmt: skip
+    pairs_every: int = _opt(1, "score the pair protocol every N epochs (and after the last)")
+    flip_tta: bool = _opt(False, "score the pair protocol with image + mirror embeddings summed")
+    val_bins: list[str] = _opt(help="insightface .bin sets scored during training", factory=list)
+    val_bins_every: int = _opt(
+        1, "every N epochs (and after the last), with flip-sum as insightface"
+    )
     # output
-    out: str = "runs"
-    run_dir: str | None = None  # explicit run folder; default out/<name>-<timestamp>
-    resume: str | None = None  # a run folder to continue from its last checkpoint
-    checkpoint_steps: int = 0  # also checkpoint every N training steps (0: off)
-    checkpoint_minutes: float = 15.0  # ... and every N minutes (0: off); always at epoch ends
-    progress: bool = True
+    out: str = _opt("runs", "folder for run folders")
+    run_dir: str | None = _opt(None, "explicit run folder; default OUT/<name>-<timestamp>")
+    resume: str | None = _opt(None, "a run folder to continue from its last checkpoint")
+    checkpoint_steps: int = _opt(0, "also checkpoint every N training steps (0: off)")
+    checkpoint_minutes: float = _opt(15.0, "... and every N minutes (0: off); always at epoch ends")
+    progress: bool = _opt(True, "progress bars (false: one plain line per epoch)")
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -143,7 +163,8 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "center_lam": ("center", "lam"),
     "center_alpha": ("center", "alpha"),
 }
-SCHEDULES = ("one_cycle", "flat")
+_FIELDS = {f.name: f for f in fields(Config)}
+SCHEDULES = _FIELDS["schedule"].metadata["choices"]
 
 
 # The embedded synthetic set is 64x64 and small: these settings make a recipe finish in minutes
@@ -154,8 +175,6 @@ SYNTHETIC_OVERRIDES: dict[str, Any] = {
     "lr_find_iters": 40,
     "val_pairs": 2000,
 }
-
-_FIELDS = {f.name: f for f in fields(Config)}
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -240,42 +259,64 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
     the lower layers."""
     from ..bodies import BODIES
     from ..callbacks.precision import PRECISIONS
+    from ..cliutil import Parser
     from ..heads import LOSSES
 
-    ap = argparse.ArgumentParser(
-        prog=prog, description=description, argument_default=argparse.SUPPRESS
+    run = prog if prog.startswith("python -m") else f"{prog} --loss arcface"
+    ap = Parser(
+        prog=prog, description=description, argument_default=argparse.SUPPRESS,
+        examples=[f"{run}                      # the embedded synthetic set, in minutes",
+                  f"{run} --config recipes/celeba64.toml",
+                  f"{run} --data DIR --epochs 20 --arcface-m 0.4 --pairs ../shared/data/cfp "
+                  "--pairs-format cfp-fp --pairs-root data/cfp-aligned",
+                  f"{run} --resume runs/arcface-20261201-101500 --epochs 30"],
+    )  # fmt: skip
+    ap.add_argument(
+        "--config", metavar="TOML", help="experiment file (see recipes/); flags override it"
     )
-    ap.add_argument("--config", help="TOML experiment file (see recipes/)")
-    choices = {"loss": sorted(LOSSES), "schedule": SCHEDULES, "precision": PRECISIONS}
+    # choices the registries know at run time; the others are the fields' own
+    choices = {"loss": sorted(LOSSES), "precision": PRECISIONS}
     for f in fields(Config):
         flag = "--" + f.name.replace("_", "-")
         t = f.type if isinstance(f.type, str) else str(f.type)
         if f.name in ("extra_aug", "loss_settings"):
             continue  # tables: set them in TOML (loss settings also by the flags below)
-        elif f.name in choices:
-            ap.add_argument(flag, choices=choices[f.name])
+        kw: dict[str, Any] = {"help": _help(f)}
+        if f.name in choices or f.metadata.get("choices"):
+            kw["choices"] = choices.get(f.name) or f.metadata["choices"]
         elif f.name == "arch":
-            ap.add_argument(flag, metavar="BODY", help=f"{', '.join(BODIES)} or timm:NAME")
+            kw.update(metavar="BODY", help=f"{kw['help']}: {', '.join(BODIES)}")
         elif t == "bool":
-            ap.add_argument(flag, type=_bool, nargs="?", const=True, metavar="BOOL")
+            kw.update(type=_bool, nargs="?", const=True, metavar="BOOL")
         elif f.name == "val_bins":
-            ap.add_argument(flag, nargs="+", metavar="BIN")
-        elif t.startswith("int"):
-            ap.add_argument(flag, type=int)
-        elif t.startswith("float"):
-            ap.add_argument(flag, type=float)
+            kw.update(nargs="+", metavar="BIN")
         else:
-            ap.add_argument(flag, type=str)
+            kw["type"] = int if t.startswith("int") else float if t.startswith("float") else str
+        ap.add_argument(flag, **kw)
     for name, spec in LOSSES.items():
         group = ap.add_argument_group(f"{name} settings ({spec.summary})")
+        docs = spec.setting_docs()
         for key, default in spec.settings.items():
             group.add_argument(
                 f"--{name}-{key}".replace("_", "-"),
                 dest=f"{name}.{key}",
-                help=f"default {default!r}",
+                help=f"{docs.get(key, key).rstrip('.')}; default {default!r}",
                 **_flag_type(default, scale=key == "s"),
             )
     return ap
+
+
+def _help(f: dataclasses.Field) -> str:
+    """A flag's help: the field's documentation and its default."""
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    shown = (
+        "none"
+        if default is None
+        else str(default).lower()
+        if isinstance(default, bool)
+        else repr(default)
+    )
+    return f"{f.metadata.get('help') or f.name}; default {shown}"
 
 
 def check_config(cfg: Config) -> None:
@@ -301,12 +342,8 @@ def check_config(cfg: Config) -> None:
             raise ValueError(f"partial_fc shards {[h.__name__ for h in SHARDABLE]}; not {cfg.loss}")
     if cfg.arch not in BODIES and not cfg.arch.startswith("timm:"):
         raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(BODIES)} or timm:NAME")
-    for key, allowed in (
-        ("schedule", SCHEDULES),
-        ("precision", PRECISIONS),
-        ("check", ("quick", "full", "none")),
-        ("preload", ("auto", "on", "off")),
-    ):
+    limited = {f.name: f.metadata["choices"] for f in fields(Config) if f.metadata.get("choices")}
+    for key, allowed in {**limited, "precision": PRECISIONS}.items():
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
 

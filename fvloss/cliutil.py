@@ -1,0 +1,42 @@
+"""One ``ArgumentParser`` for every fvloss command: examples under ``--help``, and a misspelt
+flag or choice answered with the closest known one (argparse only learns that in 3.12+)."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+from collections.abc import Sequence
+
+__all__ = ["Parser"]
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with ``examples`` (command lines shown under ``--help``) and
+    suggestions for unknown flags and invalid choices."""
+
+    def __init__(self, *args, examples: Sequence[str] = (), **kwargs):
+        if examples:
+            kwargs["epilog"] = "examples:\n" + "\n".join(f"  {e}" for e in examples)
+            kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        super().error(message + self._suggestion(message))
+
+    def _suggestion(self, message: str) -> str:
+        if message.startswith("unrecognized arguments:"):
+            flags = [a for a in message.split(":", 1)[1].split() if a.startswith("-")]
+            known = [o for a in self._actions for o in a.option_strings]
+            hints = []
+            for flag in flags:
+                close = difflib.get_close_matches(flag.split("=")[0], known, n=1, cutoff=0.6)
+                if close:
+                    hints.append(f"{flag}: did you mean {close[0]}?")
+            return ("\n" + "\n".join(hints)) if hints else ""
+        m = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if m:
+            options = re.findall(r"'([^']*)'", m.group(2))
+            close = difflib.get_close_matches(m.group(1), options, n=1, cutoff=0.5)
+            return f"\ndid you mean {close[0]!r}?" if close else ""
+        return ""
