@@ -228,6 +228,9 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     if main:
         write_json(run_dir / "config.json", resolved)
         write_json(run_dir / "data_report.json", dls.report.to_dict())
+        from ..callbacks.tracking import tracking_cbs
+
+        learn.add_cbs(tracking_cbs(cfg.log, run_dir, resolved))  # after lr_find: the fit only
 
     t_fit = time.time()
     fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}  # config.SCHEDULES

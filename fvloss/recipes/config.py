@@ -131,6 +131,9 @@ class Config:
     checkpoint_steps: int = _opt(0, "also checkpoint every N training steps (0: off)")
     checkpoint_minutes: float = _opt(15.0, "... and every N minutes (0: off); always at epoch ends")
     progress: bool = _opt(True, "progress bars (false: one plain line per epoch)")
+    log: list[str] = _opt(help="experiment tracking: csv (RUN/history.csv), tensorboard "
+                          "(RUN/tensorboard), wandb (a server, only when asked); none: off",
+                          choices=("csv", "tensorboard", "wandb", "none"), factory=lambda: ["csv"])  # fmt: skip
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -292,6 +295,8 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
             kw.update(nargs="+", metavar="BIN")
         else:
             kw["type"] = int if t.startswith("int") else float if t.startswith("float") else str
+        if t.startswith("list"):
+            kw["nargs"] = "+"
         ap.add_argument(flag, **kw)
     for name, spec in LOSSES.items():
         group = ap.add_argument_group(f"{name} settings ({spec.summary})")
@@ -343,7 +348,13 @@ def check_config(cfg: Config) -> None:
     if cfg.arch not in BODIES and not cfg.arch.startswith("timm:"):
         raise ValueError(f"unknown arch {cfg.arch!r}; known: {sorted(BODIES)} or timm:NAME")
     limited = {f.name: f.metadata["choices"] for f in fields(Config) if f.metadata.get("choices")}
+    from ..callbacks.tracking import check_trackers
+
+    check_trackers(cfg.log)  # a tracker whose package is missing: said before the data scan
     for key, allowed in {**limited, "precision": PRECISIONS}.items():
+        value = getattr(cfg, key)
+        if isinstance(value, list) and all(v in allowed for v in value):
+            continue
         if getattr(cfg, key) not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {getattr(cfg, key)!r}")
 
