@@ -310,6 +310,9 @@ def test_cli_writes_json_and_png(faces, tmp_path, fake_runs, capsys):
     assert doc["n_pairs"] == 8 and doc["auc"] == 1.0
     assert doc["meta"]["format"] == "assignment" and doc["meta"]["flip"] is False
     assert (run / "verify" / "dev.png").is_file()
+    # the score histogram and the hardest pairs' images beside the ROC
+    for fig in ("dev.hist.png", "dev.worst.png"):
+        assert (run / "verify" / fig).read_bytes()[:4] == b"\x89PNG", fig
     out = capsys.readouterr().out
     assert "ROC AUC" in out and "1.0000" in out and "dev.json" in out
 

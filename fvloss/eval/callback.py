@@ -196,6 +196,7 @@ class VerifyPairs(Callback):
                 raise ValueError("held-out pairs are scored from a validation pass; none ran")
             emb = torch.cat(self._embs)
             index, same = self.pairs.draw(torch.cat(self._labels).numpy())
+            self.last_pairs = None  # (drawn from embeddings: no image files to show)
             return (emb[index[:, 0]] * emb[index[:, 1]]).sum(1).double().numpy(), same, None
         if model is None:
             if self.learn is None:
@@ -214,6 +215,7 @@ class VerifyPairs(Callback):
             cache=self.image_cache,
             share=share,
         )
+        self.last_pairs = kept  # the pairs scored (less unreadable ones), for the figures
         return scores, kept.same, kept.folds
 
     def evaluate(self, model: torch.nn.Module | None = None) -> VerificationResult:
@@ -298,6 +300,7 @@ class VerifyPairs(Callback):
         with timed(self.learn, "scoring"):
             result = verify_scores(scores, same, folds, self.n_folds, self.fars)
         self.last = self.epoch_result = result
+        self.last_scores, self.last_same = scores, same  # the histogram's (write_pair_figures)
         self.current = result.scalars()
         if self.out_dir is not None and self.trained:
             from .report import write_outputs

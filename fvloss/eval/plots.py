@@ -1,15 +1,23 @@
-"""ROC figures, built on matplotlib's object API (no pyplot state in library code)."""
+"""ROC curves, training curves, score histograms and the hardest pairs, built on matplotlib's object API (no pyplot state in library code)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from .metrics import VerificationResult, _thin_roc
 
-__all__ = ["plot_roc", "roc_figure"]
+__all__ = [
+    "plot_roc",
+    "roc_figure",
+    "score_histogram_figure",
+    "training_figure",
+    "worst_pairs_figure",
+]
 
 
 def roc_figure(
@@ -59,3 +67,85 @@ def plot_roc(
     path.parent.mkdir(parents=True, exist_ok=True)
     roc_figure(curves, title=title, log_fpr=log_fpr).savefig(path)
     return path
+
+
+def training_figure(history: Sequence[Mapping[str, Any]]):
+    """Training curves of a run's ``history`` (metrics.json): the training loss, and each
+    verification metric (held-out ``auc``/``acc``, protocols' ``<name>_auc``) per epoch."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=110)
+    loss_ax, ver_ax = fig.subplots(1, 2)
+    epochs = [h["epoch"] for h in history]
+    for key in ("train_loss", "valid_loss"):
+        ys = [h.get(key) for h in history]
+        if any(_finite(y) for y in ys):
+            loss_ax.plot(epochs, [y if _finite(y) else np.nan for y in ys], marker="o", label=key)
+    keys = [
+        k for k in (history[0] if history else {}) if k == "auc" or k == "acc" or k.endswith("_auc")
+    ]
+    for key in keys:
+        ys = [h.get(key) for h in history]
+        pts = [(e, y) for e, y in zip(epochs, ys, strict=True) if _finite(y)]
+        if pts:
+            ver_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
+    ver_ax.set(xlabel="epoch", ylabel="AUC / accuracy", title="verification")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (loss_ax, ver_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def score_histogram_figure(scores: np.ndarray, same: np.ndarray, threshold: float | None = None,
+                           title: str | None = None):  # fmt: skip
+    """Histograms of same-identity and different-identity pair scores, the threshold marked."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.5, 4), dpi=120)
+    ax = fig.add_subplot()
+    scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
+    bins = np.linspace(min(scores.min(), -1.0), max(scores.max(), 1.0), 60)
+    ax.hist(scores[same], bins=bins, alpha=0.6, label=f"same identity ({int(same.sum())})")
+    ax.hist(scores[~same], bins=bins, alpha=0.6, label=f"different ({int((~same).sum())})")
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
+    ax.set(xlabel="cosine similarity", ylabel="pairs", title=title or "pair scores")
+    ax.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def worst_pairs_figure(pairs, scores: np.ndarray, load: Callable[[int], np.ndarray], k: int = 4,
+                       threshold: float | None = None):  # fmt: skip
+    """The ``k`` hardest false accepts (different people, highest scores) and false rejects
+    (the same person, lowest scores) as image pairs; ``load(i)`` reads ``pairs.paths[i]``."""
+    from matplotlib.figure import Figure
+
+    scores = np.asarray(scores, dtype=np.float64)
+    diff, same = np.flatnonzero(~pairs.same), np.flatnonzero(pairs.same)
+    accepts = diff[np.argsort(-scores[diff])][:k]
+    rejects = same[np.argsort(scores[same])][:k]
+    rows = [("false accept", i) for i in accepts] + [("false reject", i) for i in rejects]
+    fig = Figure(figsize=(4.4, 2.2 * max(len(rows), 1)), dpi=100)
+    axes = fig.subplots(max(len(rows), 1), 2, squeeze=False)
+    for r, (kind, p) in enumerate(rows):
+        for c, i in enumerate(pairs.index[p]):
+            ax = axes[r][c]
+            ax.imshow(load(int(i)))
+            ax.set_axis_off()
+            name = Path(str(pairs.paths[int(i)])).name
+            ax.set_title(name if c else f"{kind} {scores[p]:.3f}\n{name}", fontsize=7)
+    suffix = f" (threshold {threshold:.3f})" if threshold is not None else ""
+    fig.suptitle(f"hardest pairs{suffix}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)

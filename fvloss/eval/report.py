@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,29 @@ def write_outputs(
         )
         # atomic: never a half-written file for compare to trust
         atomic_write(out_dir / f"{stem}.scores.npz", buf.getvalue())
+        write_pair_figures(result, scores, pairs, out_dir, stem)
     return json_path, png_path
+
+
+def write_pair_figures(result: VerificationResult, scores: np.ndarray, pairs: PairSet | None,
+                       out_dir: Path, stem: str) -> None:  # fmt: skip
+    """``stem.hist.png`` (same / different scores, the threshold) and, when the pairs' images
+    can be read, ``stem.worst.png`` (the hardest false accepts and rejects)."""
+    from .plots import score_histogram_figure, worst_pairs_figure
+
+    same = pairs.same if pairs is not None else None
+    if same is None or len(same) != len(scores) or not len(scores):
+        return
+    score_histogram_figure(scores, same, result.threshold, stem).savefig(
+        out_dir / f"{stem}.hist.png"
+    )
+    if pairs.same.all() or not pairs.same.any():
+        return
+    try:
+        fig = worst_pairs_figure(pairs, scores, pairs.load, threshold=result.threshold)
+        fig.savefig(out_dir / f"{stem}.worst.png")
+    except (OSError, ValueError) as e:  # an image gone since scoring: the figure only is lost
+        warnings.warn(f"{out_dir / stem}.worst.png not written: {e}", stacklevel=2)
 
 
 # ----------------------------------------------------------------------------- metrics.json

@@ -96,6 +96,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     from ..callbacks.guard import DivergenceGuard
     from ..callbacks.precision import mixed_precision_cb
     from ..data import face_dls
+    from ..eval.callback import VerifyPairs
+    from ..eval.plots import score_histogram_figure, training_figure
     from ..eval.report import RunMetrics, write_outputs
     from ..learner import face_learner
     from ..synthetic import SyntheticSpec, default_cache_dir, make_synthetic
@@ -274,12 +276,22 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         if cb.last is None:
             continue
         meta = {"run": str(run_dir), "pairs": cb.pairs.source, "protocol": cb.pairs.format}
-        write_outputs(cb.last, run_dir / "verify", name, meta=meta)
+        # ROC, per-pair scores (for compare), the score histogram, the hardest pairs' images
+        write_outputs(cb.last, run_dir / "verify", name, meta=meta, scores=cb.last_scores,
+                      pairs=cb.last_pairs)  # fmt: skip
         metrics.evals[name] = cb.last.scalars()
+    held = next((c for c in learn.cbs if isinstance(c, VerifyPairs) and c.held_out), None)
+    if held is not None and held.last is not None:  # the held-out identities' last epoch
+        (run_dir / "verify").mkdir(exist_ok=True)
+        fig = score_histogram_figure(held.last_scores, held.last_same, held.last.threshold,
+                                     "held-out identities")  # fmt: skip
+        fig.savefig(run_dir / "verify" / "held-out.hist.png")
     if history and "auc" in history[0]:
         best = max(history, key=lambda h: h.get("auc", float("-inf")))
         metrics.best_epoch = best["epoch"]
     metrics.write(run_dir)
+    if history:
+        training_figure(history).savefig(run_dir / "training.png")
     result = RunResult(metrics.to_dict())
     _log(
         f"done in {result['wall_time_s']:.0f}s (training {fit_s:.0f}s, {result['images_per_s']} images/s)"
@@ -294,7 +306,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
             if isinstance(v, float)
         )
     )
-    files = [f for f in ("config.json", "metrics.json", "lr_find.png", "model.pth")
+    files = [f for f in ("config.json", "metrics.json", "history.csv", "training.png", "lr_find.png", "model.pth")
              if (run_dir / f).exists()]  # fmt: skip
     _log(f"run folder: {run_dir} ({', '.join(files)}, checkpoints/)")
     return result
