@@ -301,6 +301,7 @@ def test_cli_on_cached_scores(two_runs, no_model, capsys):
     assert [r["label"] for r in doc["runs"]] == ["softmax", "arcface"]
     assert doc["runs"][0]["tar@1e-3"] is None and "resolve FAR" in doc["runs"][0]["tar_reason"]
     assert (out / "roc.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"  # a histogram per run
     # one run: its table and ROC, nothing to bootstrap
     assert compare.main([argv[0], *argv[2:]]) == 0
     assert "No bootstrap: it compares two or more runs." in capsys.readouterr().out

@@ -47,7 +47,7 @@ from .bootstrap import (
 )
 from .groups import Group, group_runs, mean_std, pool_scores
 from .metrics import VerificationResult, far_key, metric_key, verify_scores
-from .plots import plot_roc
+from .plots import plot_roc, score_histograms_figure
 from .protocols import PairFileError, PairSet, add_pair_options, read_pairs
 from .report import RunMetrics, RunScores, load_scores, pairs_digest, weights_file
 from .verify_cli import add_model_options
@@ -471,7 +471,11 @@ def _pairs_report(
         out / "roc.png",
         title=f"{pairs.name}: {res.n_pairs} pairs",
     )
-    lines += ["", f"ROC curves: `{roc.name}`.", ""]
+    hist = out / "scores.png"  # each run's same / different scores and its threshold
+    score_histograms_figure(
+        {r.label: (r.scores.scores, r.scores.same, r.result.threshold) for r in rows}
+    ).savefig(hist)
+    lines += ["", f"ROC curves: `{roc.name}`; score histograms: `{hist.name}`.", ""]
     labels = [r.label for r in rows]
     boot = None
     if len(rows) < 2:

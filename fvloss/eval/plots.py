@@ -108,17 +108,38 @@ def score_histogram_figure(scores: np.ndarray, same: np.ndarray, threshold: floa
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.5, 4), dpi=120)
-    ax = fig.add_subplot()
+    _histogram(fig.add_subplot(), scores, same, threshold, title or "pair scores")
+    fig.tight_layout()
+    return fig
+
+
+def score_histograms_figure(runs: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]]):
+    """One :func:`score_histogram_figure` panel per ``{label: (scores, same, threshold)}``, on
+    shared axes (``fvloss compare``)."""
+    from matplotlib.figure import Figure
+
+    n = max(len(runs), 1)
+    cols = min(n, 3)
+    rows = -(-n // cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows), dpi=110)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True)
+    for ax, (label, (scores, same, thr)) in zip(axes.flat, runs.items(), strict=False):
+        _histogram(ax, scores, same, thr, label)
+    for ax in list(axes.flat)[len(runs) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def _histogram(ax, scores, same, threshold, title: str) -> None:
     scores, same = np.asarray(scores, dtype=np.float64), np.asarray(same, dtype=bool)
     bins = np.linspace(min(scores.min(), -1.0), max(scores.max(), 1.0), 60)
     ax.hist(scores[same], bins=bins, alpha=0.6, label=f"same identity ({int(same.sum())})")
     ax.hist(scores[~same], bins=bins, alpha=0.6, label=f"different ({int((~same).sum())})")
     if threshold is not None and math.isfinite(threshold):
         ax.axvline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:.3f}")
-    ax.set(xlabel="cosine similarity", ylabel="pairs", title=title or "pair scores")
+    ax.set(xlabel="cosine similarity", ylabel="pairs", title=title)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    return fig
 
 
 def worst_pairs_figure(pairs, scores: np.ndarray, load: Callable[[int], np.ndarray], k: int = 4,
