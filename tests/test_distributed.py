@@ -215,6 +215,17 @@ def test_lr_find_under_ddp_restores_every_ranks_weights(ddp_data):
 
 
 def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
+    _launched_recipe(ddp_data, tmp_path, ["-m", "torch.distributed.run", "--nproc-per-node", "2"])
+
+
+def test_a_recipe_under_accelerate_launch_writes_one_run_folder(ddp_data, tmp_path):
+    # accelerate's multi-process launcher (torchrun inside); on a CPU machine it runs gloo
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    _launched_recipe(ddp_data, tmp_path, launch)
+
+
+def _launched_recipe(ddp_data: str, tmp_path: Path, launch: list[str]) -> None:
     import os
     import subprocess
     import sys
@@ -223,7 +234,7 @@ def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
 
     out = tmp_path / "runs"
     cfp = cfp_from_synthetic(Path(ddp_data), tmp_path / "cfp")  # a protocol: split over the ranks
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+    cmd = [sys.executable, *launch,
            "-m", "fvloss.recipes.arcface", "--data", ddp_data, "--img-size", "32",
            "--arch", "resnet18", "--emb-dim", "8", "--bs", "4", "--epochs", "2",
            "--lr-find-iters", "5", "--val-pairs", "60", "--progress", "false", "--out", str(out),
