@@ -16,7 +16,10 @@ IMG_SIZE, BS, EPOCHS = 32, 16, 1
 ARCH, EMB_DIM = "resnet18", 32
 LR_FIND_ITERS = 8
 """
-TINY_BY_NOTEBOOK = {"02_reuse_the_pieces": "EPOCHS = 1\n"}
+TINY_BY_NOTEBOOK = {
+    "02_reuse_the_pieces": "EPOCHS = 1\n",
+    "03_what_the_losses_do": "EPOCHS = 1\nRUN_EPOCHS, RUN_IMG_SIZE = 1, 32\n",
+}
 
 
 def _parameters_cell(nb) -> int:
