@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -104,11 +105,11 @@ class FaceLearner(Learner):
 
 
 class KeptLRFinder(LRFinder):
-    """fastai's ``LRFinder``, keeping the weights (and buffers: centers, heads' statistics) in
-    memory instead of a file. fastai writes and reloads that file on rank 0 alone: under DDP the
-    other ranks kept lr_find's weights and moments, and a sharded head's ``state_dict`` is a
-    collective rank 0 cannot make alone. Here every rank restores its own, and the fit after it
-    gets a fresh optimizer (what fastai's reload of the untouched one amounts to)."""
+    """fastai's ``LRFinder``, keeping the weights (and buffers: centers, heads' statistics) and
+    the optimizer's state in memory instead of a file. fastai writes and reloads that file on
+    rank 0 alone: under DDP the other ranks kept lr_find's weights and moments, and a sharded
+    head's ``state_dict`` is a collective rank 0 cannot make alone. Here every rank restores
+    its own."""
 
     @property
     def name(self) -> str:
@@ -118,6 +119,7 @@ class KeptLRFinder(LRFinder):
         ParamScheduler.before_fit(self)
         model = get_model(self.learn.model)
         self.kept = [t.detach().clone() for t in (*model.parameters(), *model.buffers())]
+        self.kept_opt = copy.deepcopy(self.learn.opt.state_dict())  # fit made one before this
         self.best_loss = float("inf")
 
     def after_fit(self) -> None:
@@ -126,7 +128,8 @@ class KeptLRFinder(LRFinder):
         with torch.no_grad():
             for t, k in zip((*model.parameters(), *model.buffers()), self.kept, strict=True):
                 t.copy_(k)
-        self.learn.opt, self.kept = None, None
+        self.learn.opt.load_state_dict(self.kept_opt)
+        self.kept = self.kept_opt = None
 
 
 def face_learner(

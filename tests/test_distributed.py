@@ -205,7 +205,9 @@ def _lr_find(rank: int, world: int, data: str) -> dict:
     lr = learn.lr_find(num_it=8, show_plot=False).valley
     after = learn.model.state_dict()
     return {"lr": lr, "kept": all(torch.equal(before[k], after[k]) for k in before),
-            "opt": learn.opt is None, "losses": len(learn.recorder.losses)}  # fmt: skip
+            "opt": not any(learn.opt.state[p] for p in learn.model.parameters() if p in learn.opt.state
+                           and "grad_avg" in learn.opt.state[p]),
+            "losses": len(learn.recorder.losses)}  # fmt: skip
 
 
 def test_lr_find_under_ddp_restores_every_ranks_weights(ddp_data):
