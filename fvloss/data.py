@@ -389,9 +389,11 @@ def face_dls(
     """
     if preload not in ("auto", "on", "off"):
         raise ValueError(f"preload must be auto, on or off, got {preload!r}")
+    pipe = train_pipeline(img_size, hflip, mean, std, extra_aug)
+    item_tfm = AlbumentationsTransform(pipe, eval_pipeline(img_size, mean, std), mean, std)
     if stream:
-        return _streamed(root, img_size, bs, valid_pct, seed, hflip, mean, std, extra_aug, check,
-                         skip_bad, num_workers, device, index, index_dir)  # fmt: skip
+        return _streamed(root, img_size, bs, valid_pct, seed, item_tfm, check, skip_bad,
+                         num_workers, device, index, index_dir)  # fmt: skip
     if index is None:
         scan = scan_records if is_record_set(root) else scan_identities
         index = scan(root, check=check, skip_bad=skip_bad)
@@ -400,7 +402,6 @@ def face_dls(
     else:
         read, get_y = read_rgb, partial(_label_of, root=Path(root))
     train_ids, valid_ids = split_identities(index.labels, valid_pct, seed)
-    pipe = train_pipeline(img_size, hflip, mean, std, extra_aug)
     use, why = _preload_choice(preload, pipe, mean, std, len(index.items), img_size, preload_share)
     if use is not None:
         from .preload import preloaded_dls
@@ -420,12 +421,7 @@ def face_dls(
         ),
         get_y=get_y,
         splitter=IndexSplitter(valid_idx),
-        item_tfms=AlbumentationsTransform(
-            pipe,
-            eval_pipeline(img_size, mean, std),
-            mean,
-            std,
-        ),
+        item_tfms=item_tfm,
     )
     kw: dict[str, Any] = {"bs": bs, "device": device}
     kw["num_workers"] = default_workers() if num_workers is None else num_workers
@@ -439,8 +435,8 @@ def face_dls(
     return _describe(dls, train_ids, valid_ids, index.report, why, img_size)
 
 
-def _streamed(root, img_size, bs, valid_pct, seed, hflip, mean, std, extra_aug, check,
-              skip_bad, num_workers, device, index, index_dir) -> DataLoaders:  # fmt: skip
+def _streamed(root, img_size, bs, valid_pct, seed, tfm, check, skip_bad, num_workers, device,
+              index, index_dir) -> DataLoaders:  # fmt: skip
     """``face_dls(..., stream=True)``."""
     from .distributed import world_size
     from .stream import PackedIndex, shared_index, streamed_dls
@@ -451,15 +447,13 @@ def _streamed(root, img_size, bs, valid_pct, seed, hflip, mean, std, extra_aug, 
     if isinstance(index, PackedIndex):
         packed = index
     elif index_dir is not None:
-        packed = shared_index(root, index_dir, scan)
+        packed = shared_index(index_dir, scan)
     elif world_size() > 1:
         raise ValueError("stream on several processes needs an index_dir (rank 0 writes it)")
     else:
         packed = PackedIndex.from_scan(index if index is not None else scan())
     read = RecordImageReader(packed.rec, packed.idx) if packed.rec is not None else read_rgb
     train_ids, valid_ids = split_identities(packed.names, valid_pct, seed)
-    tfm = AlbumentationsTransform(train_pipeline(img_size, hflip, mean, std, extra_aug),
-                                  eval_pipeline(img_size, mean, std), mean, std)  # fmt: skip
     workers = default_workers() if num_workers is None else num_workers
     dls = streamed_dls(packed, train_ids + valid_ids, len(train_ids), read, tfm, bs=bs, seed=seed,
                        num_workers=workers, device=device)  # fmt: skip

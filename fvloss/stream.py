@@ -76,7 +76,9 @@ class PackedIndex:
         code = {n: k for k, n in enumerate(names)}
         codes = np.fromiter((code[lab] for lab in index.labels), np.int32, len(index.labels))
         report = index.report.to_dict()
-        if getattr(index, "rec", None) is not None and index.rec != Path():
+        from .data import RecordSetIndex
+
+        if isinstance(index, RecordSetIndex):
             keys = np.fromiter(index.items, np.int64, len(index.items))
             return cls(Path(index.rec).parent, names, codes, keys=keys, report=report,
                        rec=Path(index.rec), idx=Path(index.idx))  # fmt: skip
@@ -117,9 +119,9 @@ class PackedIndex:
                    idx=idx, **arrays)  # fmt: skip
 
 
-def shared_index(root: str | Path, folder: str | Path, scan: Callable[[], object]) -> PackedIndex:
-    """The packed index of ``root``, built once: rank 0 runs ``scan()`` (a scan of ``root``),
-    packs and saves it into ``folder`` unless it is there; then every rank maps it."""
+def shared_index(folder: str | Path, scan: Callable[[], object]) -> PackedIndex:
+    """A packed index built once: rank 0 runs ``scan()`` (a scan of the data), packs and saves
+    it into ``folder`` unless it is there; then every rank maps it."""
     folder = Path(folder)
 
     def build() -> None:

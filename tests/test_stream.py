@@ -74,7 +74,7 @@ def _shared(rank: int, world: int, root: str, folder: str) -> dict:
         scans.append(rank)
         return scan_identities(root)
 
-    index = shared_index(root, folder, scan)
+    index = shared_index(folder, scan)
     return {"scanned": scans, "n": len(index), "codes": np.asarray(index.codes).copy(),
             "mapped": isinstance(index.codes, np.memmap)}  # fmt: skip
 
