@@ -55,6 +55,7 @@ __all__ = [
     "train_pipeline",
     "eval_pipeline",
     "AlbumentationsTransform",
+    "ValidImages",
     "default_workers",
     "face_dls",
 ]
@@ -403,6 +404,11 @@ def face_dls(
         read, get_y = read_rgb, partial(_label_of, root=Path(root))
     train_ids, valid_ids = split_identities(index.labels, valid_pct, seed)
     use, why = _preload_choice(preload, pipe, mean, std, len(index.items), img_size, preload_share)
+    train_set = set(train_ids)
+    valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
+    # both paths below keep the scan's order within the validation split (so does the preloaded
+    # path's label mask): image i of the validation loader is index.items[valid_idx[i]]
+    valid = ValidImages([index.items[i] for i in valid_idx], read, getattr(index, "rec", None))
     if use is not None:
         from .preload import preloaded_dls
 
@@ -411,9 +417,7 @@ def face_dls(
             bs=bs, seed=seed, num_workers=(os.cpu_count() or 0) if num_workers is None else num_workers,  # decoding
             device=device, channels_last=channels_last,
         )  # fmt: skip
-        return _describe(dls, train_ids, valid_ids, index.report, why, img_size)
-    train_set = set(train_ids)
-    valid_idx = [i for i, lab in enumerate(index.labels) if lab not in train_set]
+        return _describe(dls, train_ids, valid_ids, index.report, why, img_size, valid)
     block = DataBlock(
         blocks=(
             TransformBlock(type_tfms=read),
@@ -432,7 +436,7 @@ def face_dls(
         kw["pin_memory"] = True
     # SeededDL: shuffle and augmentation are functions of (seed, epoch, image), see fvloss.seeded
     dls = block.dataloaders(index.items, dl_type=SeededDL, seed=seed, **kw)
-    return _describe(dls, train_ids, valid_ids, index.report, why, img_size)
+    return _describe(dls, train_ids, valid_ids, index.report, why, img_size, valid)
 
 
 def _streamed(root, img_size, bs, valid_pct, seed, tfm, check, skip_bad, num_workers, device,
@@ -460,7 +464,8 @@ def _streamed(root, img_size, bs, valid_pct, seed, tfm, check, skip_bad, num_wor
     report = DataReport.from_dict(packed.report)
     why = (f"streamed from a packed index ({packed.nbytes / 2**20:.1f} MiB of arrays for "
            f"{len(packed)} images), per-image Albumentations in the DataLoader")  # fmt: skip
-    return _describe(dls, train_ids, valid_ids, report, why, img_size)
+    valid = ValidImages(_RowItems(packed, dls.valid.dataset.rows), read, packed.rec)
+    return _describe(dls, train_ids, valid_ids, report, why, img_size, valid)
 
 
 def default_workers() -> int:
@@ -473,10 +478,48 @@ def default_workers() -> int:
     return 0 if (os.cpu_count() or 1) <= 2 else int(defaults.cpus)
 
 
-def _describe(dls, train_ids, valid_ids, report, pipeline: str, img_size: int) -> DataLoaders:
+class _RowItems:
+    """``index.item(rows[i])`` on demand: a packed index's split with no object per image."""
+
+    def __init__(self, index, rows: np.ndarray):
+        self.index, self.rows = index, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return self.index.item(int(self.rows[i]))
+
+
+class ValidImages:
+    """The validation (held-out) images in the validation loader's order, read on demand:
+    ``self[i]`` is image ``i`` as ``HxWx3`` uint8 RGB and ``names[i]`` names it (its path, or
+    ``<file>.rec#<key>`` in a record set). ``face_dls`` sets it as ``dls.valid_images``, so
+    figures can show the held-out pairs a model gets wrong (:class:`~fvloss.eval.VerifyPairs`
+    pairs them as a :class:`~fvloss.eval.protocols.PairSet` with these as its ``images``)."""
+
+    def __init__(self, items, read, rec: str | Path | None = None):
+        self.items, self.read, self.rec = items, read, rec
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.read(self.items[i])
+
+    @property
+    def names(self) -> list[Path]:
+        items = (self.items[i] for i in range(len(self.items)))
+        if self.rec is None:
+            return [Path(p) for p in items]
+        return [Path(f"{Path(self.rec).name}#{k}") for k in items]
+
+
+def _describe(dls, train_ids, valid_ids, report, pipeline: str, img_size: int,
+              valid: ValidImages) -> DataLoaders:  # fmt: skip
     dls.n_classes, dls.img_size = len(train_ids), img_size
     dls.train_identities, dls.valid_identities = train_ids, valid_ids
-    dls.report, dls.pipeline = report, pipeline
+    dls.report, dls.pipeline, dls.valid_images = report, pipeline, valid
     return dls
 
 

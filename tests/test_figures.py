@@ -30,7 +30,8 @@ def test_a_run_folder_has_its_curves_histograms_and_hardest_pairs(faces, tmp_pat
              "--pairs-root", str(faces)]  # fmt: skip
     assert arcface.main(argv(faces, out, *extra)) == 0
     run = only_run_dir(out)
-    for f in ("training.png", "verify/held-out.hist.png", "verify/cfp-fp.hist.png",
+    for f in ("training.png", "verify/held-out.hist.png", "verify/held-out.worst.png",
+              "verify/cfp-fp.hist.png",
               "verify/cfp-fp.worst.png", "verify/cfp-fp.png"):  # fmt: skip
         assert (run / f).read_bytes()[:8] == PNG, f
     assert (run / "verify" / "cfp-fp.scores.npz").is_file()  # what compare reuses
@@ -53,3 +54,22 @@ def test_the_hardest_pairs_are_the_highest_different_and_lowest_same(tmp_path):
         [{"epoch": 0, "train_loss": 2.0, "auc": 0.6}, {"epoch": 1, "train_loss": 1.5, "auc": 0.7}]
     )
     assert plt.get_fignums() == before  # no pyplot figure was opened by the library
+
+
+@pytest.mark.parametrize("path", ["per-image", "preloaded", "streamed"])
+def test_valid_images_are_the_validation_loaders_images_in_its_order(faces, path):
+    """dls.valid_images (what the held-out hardest-pairs figure shows) names and reads image i
+    of the validation loader, on each of face_dls's three paths."""
+    from fvloss.data import face_dls
+    from fvloss.imageio import read_rgb
+
+    kw = {"preloaded": {"preload": "on"}, "streamed": {"stream": True}}.get(
+        path, {"preload": "off"}
+    )
+    dls = face_dls(faces, img_size=32, bs=4, valid_pct=0.34, seed=1, num_workers=0, **kw)
+    vocab = dls.train_identities + dls.valid_identities  # label k is identity vocab[k]
+    labels = [vocab[int(y)] for _, ys in dls.valid for y in ys]
+    images = dls.valid_images
+    assert len(images) == len(labels) > 4
+    assert [n.parent.name for n in images.names] == labels
+    np.testing.assert_array_equal(images[3], read_rgb(images.names[3]))

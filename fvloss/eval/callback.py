@@ -196,7 +196,7 @@ class VerifyPairs(Callback):
                 raise ValueError("held-out pairs are scored from a validation pass; none ran")
             emb = torch.cat(self._embs)
             index, same = self.pairs.draw(torch.cat(self._labels).numpy())
-            self.last_pairs = None  # (drawn from embeddings: no image files to show)
+            self.last_pairs = self._held_out_pairs(index, same, len(emb))
             return (emb[index[:, 0]] * emb[index[:, 1]]).sum(1).double().numpy(), same, None
         if model is None:
             if self.learn is None:
@@ -217,6 +217,16 @@ class VerifyPairs(Callback):
         )
         self.last_pairs = kept  # the pairs scored (less unreadable ones), for the figures
         return scores, kept.same, kept.folds
+
+    def _held_out_pairs(self, index: np.ndarray, same: np.ndarray, n: int) -> PairSet | None:
+        """The drawn held-out pairs as a :class:`PairSet` over ``dls.valid_images`` (``face_dls``
+        sets it: the validation images in loader order), for the hardest-pairs figure; ``None``
+        when the learner's data has no such list or it does not match the embeddings."""
+        images = getattr(getattr(self.learn, "dls", None), "valid_images", None)
+        if images is None or len(images) != n:
+            return None
+        return PairSet(images.names, index, same, source="held-out identities", images=images,
+                       name="held-out")  # fmt: skip
 
     def evaluate(self, model: torch.nn.Module | None = None) -> VerificationResult:
         """Score ``model`` (default: the attached learner's embedder) on the pairs now."""

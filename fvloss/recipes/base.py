@@ -98,7 +98,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     from ..data import face_dls
     from ..eval.callback import VerifyPairs
     from ..eval.plots import score_histogram_figure, training_figure
-    from ..eval.report import RunMetrics, write_outputs
+    from ..eval.report import RunMetrics, write_outputs, write_pair_figures
     from ..learner import face_learner
     from ..synthetic import SyntheticSpec, default_cache_dir, make_synthetic
 
@@ -283,9 +283,13 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     held = next((c for c in learn.cbs if isinstance(c, VerifyPairs) and c.held_out), None)
     if held is not None and held.last is not None:  # the held-out identities' last epoch
         (run_dir / "verify").mkdir(exist_ok=True)
-        fig = score_histogram_figure(held.last_scores, held.last_same, held.last.threshold,
-                                     "held-out identities")  # fmt: skip
-        fig.savefig(run_dir / "verify" / "held-out.hist.png")
+        if held.last_pairs is not None:  # the histogram and the hardest pairs' images
+            write_pair_figures(held.last, held.last_scores, held.last_pairs, run_dir / "verify",
+                               "held-out")  # fmt: skip
+        else:
+            fig = score_histogram_figure(held.last_scores, held.last_same, held.last.threshold,
+                                         "held-out identities")  # fmt: skip
+            fig.savefig(run_dir / "verify" / "held-out.hist.png")
     if history and "auc" in history[0]:
         best = max(history, key=lambda h: h.get("auc", float("-inf")))
         metrics.best_epoch = best["epoch"]
