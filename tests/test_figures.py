@@ -49,6 +49,12 @@ def test_the_hardest_pairs_are_the_highest_different_and_lowest_same(tmp_path):
     fig = worst_pairs_figure(pairs, scores, lambda i: np.zeros((4, 4, 3), np.uint8), k=1)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title().startswith("false")]
     assert titles == ["false accept 0.800\np3.png", "false reject 0.100\np2.png"]
+    fig = worst_pairs_figure(pairs, scores, lambda i: np.zeros((4, 4, 3), np.uint8), k=2,
+                             threshold=0.5)  # fmt: skip
+    kinds = [ax.get_title().split("\n")[0] for ax in fig.axes if "\n" in ax.get_title()]
+    # row by row: each rank's different pair, then its same pair; right-side ones are renamed
+    assert kinds == ["false accept 0.800", "false reject 0.100",
+                     "hardest different 0.200", "hardest same 0.900"]  # fmt: skip
     score_histogram_figure(scores, pairs.same, 0.5)
     training_figure(
         [{"epoch": 0, "train_loss": 2.0, "auc": 0.6}, {"epoch": 1, "train_loss": 1.5, "auc": 0.7}]

@@ -145,23 +145,31 @@ def _histogram(ax, scores, same, threshold, title: str) -> None:
 def worst_pairs_figure(pairs, scores: np.ndarray, load: Callable[[int], np.ndarray], k: int = 4,
                        threshold: float | None = None):  # fmt: skip
     """The ``k`` hardest false accepts (different people, highest scores) and false rejects
-    (the same person, lowest scores) as image pairs; ``load(i)`` reads ``pairs.paths[i]``."""
+    (the same person, lowest scores) as image pairs, side by side; ``load(i)`` reads
+    ``pairs.paths[i]``. With a ``threshold``, pairs it classifies right are called the hardest
+    different / same instead."""
     from matplotlib.figure import Figure
 
     scores = np.asarray(scores, dtype=np.float64)
     diff, same = np.flatnonzero(~pairs.same), np.flatnonzero(pairs.same)
     accepts = diff[np.argsort(-scores[diff])][:k]
     rejects = same[np.argsort(scores[same])][:k]
-    rows = [("false accept", i) for i in accepts] + [("false reject", i) for i in rejects]
-    fig = Figure(figsize=(4.4, 2.2 * max(len(rows), 1)), dpi=100)
-    axes = fig.subplots(max(len(rows), 1), 2, squeeze=False)
-    for r, (kind, p) in enumerate(rows):
-        for c, i in enumerate(pairs.index[p]):
-            ax = axes[r][c]
-            ax.imshow(load(int(i)))
-            ax.set_axis_off()
-            name = Path(str(pairs.paths[int(i)])).name
-            ax.set_title(name if c else f"{kind} {scores[p]:.3f}\n{name}", fontsize=7)
+    # one row per rank: the k-th false accept (left pair) beside the k-th false reject (right)
+    n_rows = max(len(accepts), len(rejects), 1)
+    fig = Figure(figsize=(8.0, 2.2 * n_rows), dpi=100)
+    axes = fig.subplots(n_rows, 4, squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for col, kind, picked in ((0, "false accept", accepts), (2, "false reject", rejects)):
+        for r, p in enumerate(picked):
+            wrong = threshold is None or (scores[p] >= threshold) == (kind == "false accept")
+            if not wrong:  # the hardest of its kind, yet on the right side of the threshold
+                kind = "hardest different" if col == 0 else "hardest same"
+            for c, i in enumerate(pairs.index[p]):
+                ax = axes[r][col + c]
+                ax.imshow(load(int(i)))
+                name = Path(str(pairs.paths[int(i)])).name
+                ax.set_title(name if c else f"{kind} {scores[p]:.3f}\n{name}", fontsize=7)
     suffix = f" (threshold {threshold:.3f})" if threshold is not None else ""
     fig.suptitle(f"hardest pairs{suffix}", fontsize=9)
     fig.tight_layout()

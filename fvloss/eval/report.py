@@ -147,15 +147,16 @@ def write_outputs(
 
 
 def write_pair_figures(result: VerificationResult, scores: np.ndarray, pairs: PairSet | None,
-                       out_dir: Path, stem: str) -> None:  # fmt: skip
-    """``stem.hist.png`` (same / different scores, the threshold) and, when the pairs' images
-    can be read, ``stem.worst.png`` (the hardest false accepts and rejects)."""
+                       out_dir: Path, stem: str, title: str | None = None) -> None:  # fmt: skip
+    """``stem.hist.png`` (same / different scores, the threshold; titled ``title``, default
+    ``stem``) and, when the pairs' images can be read, ``stem.worst.png`` (the hardest false
+    accepts and rejects)."""
     from .plots import score_histogram_figure, worst_pairs_figure
 
     same = pairs.same if pairs is not None else None
     if same is None or len(same) != len(scores) or not len(scores):
         return
-    score_histogram_figure(scores, same, result.threshold, stem).savefig(
+    score_histogram_figure(scores, same, result.threshold, title or stem).savefig(
         out_dir / f"{stem}.hist.png"
     )
     if pairs.same.all() or not pairs.same.any():

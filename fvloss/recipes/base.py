@@ -285,7 +285,7 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         (run_dir / "verify").mkdir(exist_ok=True)
         if held.last_pairs is not None:  # the histogram and the hardest pairs' images
             write_pair_figures(held.last, held.last_scores, held.last_pairs, run_dir / "verify",
-                               "held-out")  # fmt: skip
+                               "held-out", title="held-out identities")  # fmt: skip
         else:
             fig = score_histogram_figure(held.last_scores, held.last_same, held.last.threshold,
                                          "held-out identities")  # fmt: skip
