@@ -36,6 +36,15 @@ def test_a_run_folder_has_its_curves_histograms_and_hardest_pairs(faces, tmp_pat
         assert (run / f).read_bytes()[:8] == PNG, f
     assert (run / "verify" / "cfp-fp.scores.npz").is_file()  # what compare reuses
 
+    # fvloss verify on the run folder draws the same three, plus the run's training curves
+    from fvloss.eval import verify_cli
+
+    out = tmp_path / "verify-out"
+    assert verify_cli.main(["--run", str(run), "--pairs", str(cfp), "--protocol", "cfp-ff",
+                            "--root", str(faces), "--out", str(out)]) == 0  # fmt: skip
+    for f in ("training.png", "cfp-ff.png", "cfp-ff.hist.png", "cfp-ff.worst.png"):
+        assert (out / f).read_bytes()[:8] == PNG, f
+
 
 def test_the_hardest_pairs_are_the_highest_different_and_lowest_same(tmp_path):
     import matplotlib.pyplot as plt

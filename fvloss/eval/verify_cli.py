@@ -209,7 +209,25 @@ def main(argv: list[str] | None = None) -> int:
             return code
     if len(results) > 1:
         print(paper_table(label, results))
+    if args.run is not None:
+        _training_figure(model, out)
     return 0
+
+
+def _training_figure(run: Path, out: Path) -> None:
+    """``OUT/training.png``: how the run trained (loss and verification metrics per epoch, from
+    its ``metrics.json``), beside what it scores now; nothing when the run has no history."""
+    from .plots import training_figure
+    from .report import RunMetrics
+
+    try:
+        metrics = RunMetrics.read(run)
+    except ValueError as e:  # a damaged metrics.json costs the figure only, not the scores
+        print(f"  no training.png: {e}")
+        return
+    if metrics is not None and metrics.history:
+        training_figure(metrics.history).savefig(out / "training.png")
+        print(f"wrote {out / 'training.png'} (training curves from {run / 'metrics.json'})")
 
 
 def _ijb(embedder, args: argparse.Namespace, out: Path, label: str) -> int:
