@@ -168,6 +168,7 @@ def test_resume_continues_from_the_last_epoch(softmax_run, tmp_path):
     run_dir = copy_run(softmax_run, tmp_path)
     first = read_json(run_dir / "metrics.json")
     weights1 = torch.load(run_dir / "model.pth", weights_only=True)
+    trained_before = read_json(run_dir / "checkpoints" / "last.json")["train_s"]
     assert softmax.main(["--resume", str(run_dir), "--epochs", "2", "--progress", "false"]) == 0
     assert [p.name for p in tmp_path.iterdir()] == [run_dir.name]  # no new run folder
     metrics = read_json(run_dir / "metrics.json")
@@ -185,6 +186,10 @@ def test_resume_continues_from_the_last_epoch(softmax_run, tmp_path):
     assert history[-1]["auc"] >= 0 and history[-1] != first["history"][0]
     assert metrics["final"] == history[-1]
     assert metrics["lr"] == first["lr"] == 1e-3
+    # the training time adds up over both processes (the first one's is in its checkpoint)
+    assert 0 < trained_before <= first["train_time_s"] + 0.1
+    step_s = metrics["time_breakdown"]["seconds"]["step"]  # of the resumed epoch alone
+    assert metrics["train_time_s"] >= trained_before + step_s - 0.1  # (rounded to 0.1 s)
 
 
 @pytest.mark.parametrize("extra", [[], ["--epochs", "1"]], ids=["no-epochs-flag", "same-epochs"])

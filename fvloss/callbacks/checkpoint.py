@@ -179,6 +179,10 @@ class Checkpoint(Callback):
     Mid-epoch checkpoints need a training loader that can start an epoch at a batch
     (``set_epoch(epoch, start_batch)``, :class:`~fvloss.seeded.SeededDL`); with another, this
     checkpoints at epochs' ends only, and says so.
+
+    ``trained_s``: seconds a resumed run trained before this fit (its checkpoint's
+    ``train_s``); each checkpoint records the run's training seconds so far, so a run's
+    training time adds up over every process that worked on it.
     """
 
     order = 61  # after the Recorder (50), ParamScheduler and the progress bar (60): the
@@ -190,6 +194,7 @@ class Checkpoint(Callback):
         every_steps: int = 0,
         every_minutes: float = 15.0,
         stop: StopSignals | None = None,
+        trained_s: float = 0.0,
     ):
         self.lr, self.every_steps, self.every_minutes, self.stop = (
             lr,
@@ -197,6 +202,7 @@ class Checkpoint(Callback):
             every_minutes,
             stop,
         )
+        self.trained_s = trained_s
 
     # -- events --------------------------------------------------------------------------
     def before_fit(self) -> None:
@@ -209,6 +215,7 @@ class Checkpoint(Callback):
                 stacklevel=2,
             )
         self._last_save, self._steps, self._at_train_end = time.monotonic(), 0, None
+        self._t_fit = time.monotonic()
 
     def before_epoch(self) -> None:
         self._cancelled = False
@@ -290,6 +297,7 @@ class Checkpoint(Callback):
             "n_iter": len(self.dls.train),
             "world_size": world_size(),  # processes: an epoch boundary resumes on any number
             "lr": self.lr,
+            "train_s": round(self.trained_s + time.monotonic() - self._t_fit, 1),  # so far
             "values": [list(map(_jsonable, v)) for v in self.recorder.values if len(v)],
         }
         state = {

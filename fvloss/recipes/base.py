@@ -199,12 +199,13 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
         ))  # fmt: skip
     _log(f"device {dls.device}; precision: {why}")
 
-    start_epoch, lr, resume = 0, cfg.lr, None
+    start_epoch, lr, resume, trained_s = 0, cfg.lr, None, 0.0
     if cfg.resume:
         state = load_checkpoint(run_dir, map_location=dls.device)
         restore_weights(learn, state)
         resume = ResumeFrom(state)
         start_epoch, batch, lr = resume.epoch0, resume.batch0, float(state["meta"]["lr"])
+        trained_s = float(state["meta"].get("train_s", 0.0))  # (older checkpoints: absent)
         where = f"epoch {start_epoch}" + (f", batch {batch}" if batch else "")
         _log(f"resuming {run_dir} at {where} with lr {lr:.3g}")
         if start_epoch >= cfg.epochs and (run_dir / "metrics.json").exists():
@@ -238,7 +239,8 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     fits = {"one_cycle": learn.fit_one_cycle, "flat": learn.fit_flat_cos}  # config.SCHEDULES
     # SIGTERM (a scheduler's preemption) / SIGINT: checkpoint after the step, exit 143 / 130
     with StopSignals() as stop:
-        ckpt = Checkpoint(lr, cfg.checkpoint_steps, cfg.checkpoint_minutes, stop=stop)
+        ckpt = Checkpoint(lr, cfg.checkpoint_steps, cfg.checkpoint_minutes, stop=stop,
+                          trained_s=trained_s)  # fmt: skip
         if start_epoch < cfg.epochs:
             fits[cfg.schedule](
                 cfg.epochs, lr, start_epoch=start_epoch, cbs=[ckpt, *([resume] if resume else [])]
@@ -264,8 +266,11 @@ def _run(cfg: Config, source: dict[str, str] | None, locks: list) -> RunResult:
     metrics = RunMetrics(
         name=cfg.name or cfg.loss, loss=cfg.loss, data=data_name, run_dir=str(run_dir), lr=lr,
         precision=why, device=str(dls.device), epochs=cfg.epochs, history=history,
-        final=history[-1] if history else {}, train_time_s=round(fit_s, 1),
-        images_per_s=round(n_seen / fit_s, 1) if fit_s > 0 else None,
+        final=history[-1] if history else {},
+        # the run's training time over every process (up to the checkpoint each resumed from);
+        # images/s of this process's own fit
+        train_time_s=round(trained_s + fit_s, 1),
+        images_per_s=round(n_seen / fit_s, 1) if fit_s > 0 and trained else None,
         wall_time_s=round(time.time() - t_start, 1), torch=torch.__version__,
         time_breakdown=learn.time_breakdown.summary() if trained else {},
         data_report={**{k: v for k, v in dls.report.to_dict().items() if k.startswith("n_")},
