@@ -47,3 +47,14 @@ def test_an_unknown_or_missing_tracker_is_an_error_before_the_data_scan(
     missing = tmp_path / "no-such-data"  # the error comes first: nothing is scanned
     assert softmax.main(argv(missing, tmp_path / "runs", "--log", "wandb")) != 0
     assert "pip install wandb" in capsys.readouterr().err
+
+
+def test_the_config_offers_exactly_the_trackers_there_are():
+    # Config stays free of fastai imports (a fast --help), so it lists the names itself
+    from dataclasses import fields
+
+    from fvloss.callbacks.tracking import TRACKERS
+    from fvloss.recipes.config import Config
+
+    (log,) = [f for f in fields(Config) if f.name == "log"]
+    assert tuple(log.metadata["choices"]) == TRACKERS
