@@ -19,7 +19,7 @@ import os
 import random
 import warnings
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -507,7 +507,7 @@ class ValidImages:
     def __getitem__(self, i: int) -> np.ndarray:
         return self.read(self.items[i])
 
-    @property
+    @cached_property  # once: VerifyPairs pairs them up after every held-out scoring
     def names(self) -> list[Path]:
         items = (self.items[i] for i in range(len(self.items)))
         if self.rec is None:
