@@ -62,14 +62,21 @@ def test_each_transform_matches_albumentations(face, ours, theirs):
 
 def test_the_recipe_augmentation_is_equal_in_distribution(face):
     """4,000 draws of each path from one image: the same mean image, spread, share of grey and
-    flipped images, and distribution of brightness."""
+    flipped images, and distribution of brightness.
+
+    Both paths are seeded, so the test is deterministic. The bounds are about twice what was
+    measured over seeds 0-5: the mean image differs by 0.007-0.011 (interpolation and
+    Albumentations' uint8 rounding, not sampling: two Albumentations draws differ by 0.001-0.003),
+    and the brightness quantiles by up to 0.013 (sampling: 0.008 between two Albumentations
+    draws). A wrong probability or range moves these by far more (a doubled grey share: +0.1)."""
     pipe = train_pipeline(S, 0.5, 0.5, 0.5, CELEBA64_AUG)
+    pipe.set_random_seed(0)
     aug, why = DeviceAugment.from_pipeline(pipe)
     assert aug is not None, why
     n = 4000
     alb = np.stack([pipe(image=face)["image"] for _ in range(n)]) * 0.5 + 0.5
     dev = (device(face, aug, n) / 255).astype(np.float32)
-    assert np.abs(alb.mean(0) - dev.mean(0)).mean() < 0.01  # mean image, [0, 1] units
+    assert np.abs(alb.mean(0) - dev.mean(0)).mean() < 0.02  # mean image, [0, 1] units
     assert abs(alb.std() - dev.std()) < 0.01
 
     def gray(x):
@@ -77,7 +84,7 @@ def test_the_recipe_augmentation_is_equal_in_distribution(face):
 
     assert abs(gray(alb).mean() - gray(dev).mean()) < 0.03  # p = 0.1
     bright = np.quantile(alb.mean((1, 2, 3)), [0.1, 0.5, 0.9])
-    assert np.abs(bright - np.quantile(dev.mean((1, 2, 3)), [0.1, 0.5, 0.9])).max() < 0.01
+    assert np.abs(bright - np.quantile(dev.mean((1, 2, 3)), [0.1, 0.5, 0.9])).max() < 0.025
 
     # the blob at the top left lands on the right half when flipped
     def flipped(x):
