@@ -105,6 +105,20 @@ def cpu_short_name() -> str:
     return "-".join(x for x in (name, isa, f"{os.cpu_count()}c") if x)
 
 
+def precision_rows(ask: str, native_bf16: bool) -> tuple[bool, str]:
+    """Whether to time bf16 rows (``ask``: ``auto`` | ``on`` | ``off``) and, when not, the line
+    saying why. On a CPU without native bf16 (no AVX512-BF16 / AMX: AVX2 only) bf16 autocast runs
+    12-30x slower than fp32 (FIELD-NOTES, 2026-11-28): minutes for a number nobody would use."""
+    if ask == "on" or (ask == "auto" and native_bf16):
+        return True, ""
+    if ask == "off":
+        return False, "bf16 rows skipped (--bf16 off)."
+    return False, (
+        "bf16 rows skipped: this CPU has no native bf16 (no AVX512-BF16 / AMX), where bf16 "
+        "autocast runs 12-30x slower than fp32; `--bf16 on` times them anyway."
+    )
+
+
 def load_avg() -> str:
     """The 1/5/15-minute load averages, as ``uptime`` prints them."""
     try:
@@ -370,7 +384,7 @@ class PlainStep:
         import torch
         from fastai.optimizer import Adam
 
-        from fvloss.heads import make_head
+        from fvloss.losses import make_head
         from fvloss.model import EmbeddingNet, FaceNet
 
         self.device, self.amp = torch.device(device), amp

@@ -44,7 +44,7 @@ def _model(args: argparse.Namespace):
     import torch
 
     from fvloss.data import EvalTransform
-    from fvloss.eval.embedder import as_embedder
+    from fvloss.eval.load import as_embedder
     from fvloss.model import EmbeddingNet
 
     if args.run:
@@ -58,8 +58,8 @@ def _model(args: argparse.Namespace):
 
 
 def _score(embedder, pairs):
-    from fvloss.eval.embed import score_pairs
     from fvloss.eval.metrics import verify_scores
+    from fvloss.eval.score import score_pairs
 
     t0 = time.perf_counter()
     scores, kept = score_pairs(embedder, pairs, flip=True)
@@ -125,7 +125,7 @@ def main() -> None:
             },
             rounds,
         )
-    from fvloss.eval.embed import score_pairs
+    from fvloss.eval.score import score_pairs
 
     score_pairs(embedder, packed.subset(np.arange(len(packed)) < 50), flip=True)  # warm-up
     s_file, r_file, t_file = _score(embedder, pairs)

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 from fastai.optimizer import Adam  # noqa: E402
 
 from fvloss.callbacks.precision import mixed_precision_cb  # noqa: E402
-from fvloss.heads import make_head  # noqa: E402
+from fvloss.losses import make_head  # noqa: E402
 from fvloss.model import EmbeddingNet, FaceNet  # noqa: E402
 
 N_CLASSES = 284  # celeba64's training identities

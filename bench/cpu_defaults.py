@@ -34,6 +34,7 @@ from bench._common import (  # noqa: E402
     median,
     minor_faults,
     peak_rss_mib,
+    precision_rows,
     quiet_warnings,
     spread,
 )
@@ -44,7 +45,7 @@ import torch  # noqa: E402
 from fastai.optimizer import Adam as FastaiAdam  # noqa: E402
 
 from fvloss.callbacks.precision import cpu_bf16_supported, mixed_precision_cb  # noqa: E402
-from fvloss.heads import make_head  # noqa: E402
+from fvloss.losses import make_head  # noqa: E402
 from fvloss.model import EmbeddingNet, FaceNet  # noqa: E402
 
 N_CLASSES = 269
@@ -147,6 +148,8 @@ def main(argv=None) -> int:
         help="the whole matrix at every thread count, compile fp32 too",
     )
     ap.add_argument("--probe-repeats", type=int, default=3, help="runs of the recipes' bf16 probe")
+    ap.add_argument("--bf16", choices=["auto", "on", "off"], default="auto",
+                    help="time the bf16 rows (auto: only where the CPU has native bf16)")  # fmt: skip
     ap.add_argument("--alloc-rounds", type=int, default=2,
                     help="process pairs for the allocator A/B (0: skip)")  # fmt: skip
     ap.add_argument("--child-alloc", nargs=5, help=argparse.SUPPRESS)
@@ -174,11 +177,13 @@ def run(args, bg) -> int:
     t_start = time.time()
     nthreads = torch.get_num_threads()
     bf16_ok = cpu_bf16_supported()
+    timed_bf16, why_not = precision_rows(args.bf16, bf16_ok)
     out = [
         "## CPU defaults (`bench/cpu_defaults.py`)" + (f" - {args.tag}" if args.tag else ""),
         "",
         machine_header(f"oneDNN native bf16: {bf16_ok}; {bg.describe()}"),
         "",
+        *([why_not, ""] if why_not else []),
     ]
     print("\n".join(out), flush=True)
 
@@ -197,6 +202,8 @@ def run(args, bg) -> int:
             if full:
                 variants[f"fp32, NCHW, {t}"] = Variant(nchw, opt_nchw, False, n)
             variants[f"fp32, channels_last, {t}"] = Variant(cl, opt_cl, False, n)
+            if not timed_bf16:
+                continue
             if full:
                 variants[f"bf16, NCHW, {t}"] = Variant(nchw, opt_nchw, True, n)
             variants[f"bf16, channels_last, {t}"] = Variant(cl, opt_cl, True, n)
@@ -204,7 +211,8 @@ def run(args, bg) -> int:
                 variants[f"bf16, channels_last, {t}, fused Adam"] = Variant(cl2, opt_fused, True, n)
         compile_s = {}
         if not args.no_compile:
-            for prec in ("bf16", "fp32") if args.full else ("bf16",):
+            precs = ("bf16", "fp32") if args.full else ("bf16" if timed_bf16 else "fp32",)
+            for prec in precs if timed_bf16 else [p for p in precs if p != "bf16"]:
                 for n in sorted({1, nthreads}) if args.full else (1,):
                     t = f"{n} thread{'s' if n > 1 else ''}"
                     torch.set_num_threads(
@@ -228,7 +236,9 @@ def run(args, bg) -> int:
         res = interleave({k: v.runner(xb, yb, args.steps) for k, v in variants.items()},
                          rounds=args.rounds, warmup=1)  # fmt: skip
         tn = f"{nthreads} thread{'s' if nthreads > 1 else ''}"
-        default = f"bf16, channels_last, {tn}" if bf16_ok else f"fp32, channels_last, {tn}"
+        default = (
+            f"bf16, channels_last, {tn}" if bf16_ok and timed_bf16 else f"fp32, channels_last, {tn}"
+        )
         base = median(res[default])
         rows = []
         for k, v in sorted(res.items(), key=lambda kv: median(kv[1])):
@@ -265,6 +275,8 @@ def run(args, bg) -> int:
         if nthreads > 1:
             for prec in ("bf16", "fp32"):
                 a, b = f"{prec}, channels_last, 1 thread", f"{prec}, channels_last, {tn}"
+                if a not in res or b not in res:
+                    continue
                 prow.append(
                     [
                         f"1 thread vs {tn} ({prec}, channels_last)",

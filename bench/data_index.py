@@ -1,5 +1,5 @@
 """Memory of the data index per million images: the default path's Python objects against
-``fvloss.stream``'s packed arrays.
+``fvloss.data.stream``'s packed arrays.
 
     python bench/data_index.py [--quick] [--images 1000000] [--per-identity 40] [--save]
 
@@ -36,7 +36,7 @@ from bench._common import emit, finish, machine_header, md_table, quiet_warnings
 quiet_warnings()
 
 from fvloss.data import DataReport, IdentityIndex  # noqa: E402
-from fvloss.stream import PackedIndex  # noqa: E402
+from fvloss.data.stream import PackedIndex  # noqa: E402
 
 MiB = 2**20
 
@@ -68,7 +68,8 @@ def fastai_datasets(index: IdentityIndex):
     from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
     from fastai.data.transforms import IndexSplitter
 
-    from fvloss.data import _label_of, split_identities
+    from fvloss.data.index import split_identities
+    from fvloss.data.loaders import _label_of
 
     train_ids, valid_ids = split_identities(sorted(set(index.labels)), 0.1, 42)
     valid = set(valid_ids)

@@ -48,6 +48,7 @@ from bench._common import (  # noqa: E402
     made_up_jpegs,
     md_table,
     median,
+    precision_rows,
     quiet_warnings,
     real_jpegs,
     spread,
@@ -62,7 +63,9 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from torchvision import transforms as T  # noqa: E402
 
-from fvloss.data import face_dls, to_tensor, train_pipeline  # noqa: E402
+from fvloss.callbacks.precision import cpu_bf16_supported  # noqa: E402
+from fvloss.data import face_dls, train_pipeline  # noqa: E402
+from fvloss.data.transforms import to_tensor  # noqa: E402
 from fvloss.imageio import read_rgb  # noqa: E402
 
 
@@ -324,8 +327,8 @@ def main(argv=None) -> int:
                     help="also feed the step from a plain torch DataLoader (same pipeline, no fastai)")  # fmt: skip
     ap.add_argument("--loader-rounds", type=int, default=2)
     ap.add_argument("--settle", type=float, default=1.5)
-    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
-                    help="part 2's dtype (the recipes pick bf16 on this CPU; see cpu_defaults.py)")  # fmt: skip
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                    help="part 2's dtype (auto: bf16 where the CPU has native bf16, as the recipes pick; else fp32)")  # fmt: skip
     ap.add_argument("--skip", nargs="*", default=[], choices=["worker", "loader"])
     ap.add_argument(
         "--keep-memory",
@@ -412,7 +415,12 @@ def run(args, bg) -> int:
             made_up_jpegs(Path(tmp.name) / "ids", 8 * args.bs, (320, 240))
             root = Path(tmp.name) / "ids"
         combos = [(None, None), *(parse_combo(c) for c in args.combos)]
-        amp = "bf16" if args.precision == "bf16" else None
+        use_bf16, why_not = precision_rows(
+            {"auto": "auto", "bf16": "on", "fp32": "off"}[args.precision], cpu_bf16_supported()
+        )
+        amp = "bf16" if use_bf16 else None
+        if why_not and args.precision == "auto":
+            emit(out, f"Part 2 trains in fp32: {why_not.replace('bf16 rows skipped: ', '')}", "")
         lean = parse_combo(args.lean) if args.lean else None
         res, alone, n_imgs = loader_bound(root, args.img_size, args.bs, combos, args.steps,
                                           args.loader_rounds, args.settle, amp, lean=lean)  # fmt: skip

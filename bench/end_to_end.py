@@ -8,11 +8,11 @@ threads:
 
 * **bare step**: ResNet34 + head, forward, loss, backward, Adam, on batches already in memory
   (``bench._common.PlainStep``): what the CPU can do;
-* **recipe, per-image (N workers)**: the recipe's whole run (``fvloss.recipes.base.run``: data
+* **recipe, per-image (N workers)**: the recipe's whole run (``fvloss.train.run``: data
   scan, Learner, every callback, validation and pair scoring) with ``preload = "off"``,
   Albumentations per image in N DataLoader workers;
 * **recipe, preloaded**: the same with ``preload = "on"``: images decoded once into memory,
-  augmented in batches by ``fvloss.device_aug`` on the training device.
+  augmented in batches by ``fvloss.data.device_aug`` on the training device.
 
 A recipe's *training* images/s is images trained / (data wait + step) seconds of its last
 epoch (``metrics.json``'s ``time_breakdown``, the first epoch pays start-up); the ratio to the
@@ -47,7 +47,7 @@ quiet_warnings()
 import torch  # noqa: E402
 
 from fvloss.callbacks.precision import cpu_bf16_supported  # noqa: E402
-from fvloss.recipes.config import Config, load_toml  # noqa: E402
+from fvloss.config import Config, load_toml  # noqa: E402
 
 
 def recipe_config(args, preload: str, workers: int, out: Path) -> Config:
@@ -65,7 +65,7 @@ def recipe_config(args, preload: str, workers: int, out: Path) -> Config:
 
 
 def run_recipe(args, preload: str, workers: int, results: dict, key: str) -> float:
-    from fvloss.recipes.base import run
+    from fvloss.train import run
 
     out = Path(tempfile.mkdtemp(prefix="e2e-")) / "run"
     cfg = recipe_config(args, preload, workers, out)

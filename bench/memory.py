@@ -47,7 +47,7 @@ def child_step(size: int, bf16: bool, bs: int, learner: bool) -> dict:
     import torch
     from fastai.optimizer import Adam
 
-    from fvloss.heads import make_head
+    from fvloss.losses import make_head
     from fvloss.model import EmbeddingNet, FaceNet
 
     r = {"imports": rss_mib()}
@@ -114,7 +114,7 @@ def child_head(kind: str, n_classes: int, dim: int, bs: int) -> dict:
     import torch
     from fastai.optimizer import Adam
 
-    from fvloss.heads import make_head
+    from fvloss.losses import make_head
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     g = torch.Generator().manual_seed(0)

@@ -57,8 +57,8 @@ from torch import nn  # noqa: E402
 
 from fvloss.callbacks.center import center_loss_term, center_update  # noqa: E402
 from fvloss.callbacks.precision import mixed_precision_cb  # noqa: E402
-from fvloss.heads import make_head  # noqa: E402
 from fvloss.learner import face_learner  # noqa: E402
+from fvloss.losses import make_head  # noqa: E402
 from fvloss.model import EmbeddingNet, FaceNet, register_arch  # noqa: E402
 
 N_CLASSES = 269  # CelebA-wild's training identities (299 minus 10% held out)

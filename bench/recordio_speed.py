@@ -47,8 +47,8 @@ quiet_warnings()
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from fvloss.data import face_dls, scan_identities  # noqa: E402
-from fvloss.recordio import IndexedRecordReader, pack_folder, unpack_image  # noqa: E402
-from fvloss.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
+from fvloss.data.recordio import IndexedRecordReader, pack_folder, unpack_image  # noqa: E402
+from fvloss.data.synthetic import SyntheticSpec, make_synthetic  # noqa: E402
 
 
 # -- 1. random access ---------------------------------------------------------------------------

@@ -19,10 +19,11 @@ from fastcore.foundation import L
 
 from .callbacks.margin import MarginSchedule
 from .callbacks.timing import TimeBreakdown
-from .eval.callback import HeldOutPairs, VerifyPairs
-from .heads import LOSSES, loss_spec
+from .callbacks.verify import HeldOutPairs, VerifyPairs
+from .config import DEFAULTS
+from .data.seeded import SetEpoch
+from .losses import LOSSES, loss_spec
 from .model import EmbeddingNet, FaceNet
-from .seeded import SetEpoch
 
 __all__ = ["face_learner", "FaceLearner", "FaceRecorder", "KeptLRFinder", "LOSSES"]
 
@@ -134,29 +135,33 @@ class KeptLRFinder(LRFinder):
 
 def face_learner(
     dls,
-    loss: str = "arcface",
-    arch: str = "resnet34",
-    emb_dim: int = 128,
-    pretrained: bool = False,
-    dropout: float = 0.0,
+    loss: str = DEFAULTS.loss,
+    arch: str = DEFAULTS.arch,
+    emb_dim: int = DEFAULTS.emb_dim,
+    pretrained: bool = DEFAULTS.pretrained,
+    dropout: float = DEFAULTS.dropout,
     settings: dict[str, Any] | None = None,
-    partial_fc: float | None = None,
-    margin_hold: float = 0.0,
-    margin_warmup: float = 0.0,
+    partial_fc: float | None = DEFAULTS.partial_fc,
+    margin_hold: float = DEFAULTS.margin_hold,
+    margin_warmup: float = DEFAULTS.margin_warmup,
     n_classes: int | None = None,
     img_size: int | None = None,
-    val_pairs: int | None = 3000,
-    val_seed: int = 0,
+    val_pairs: int | None = DEFAULTS.val_pairs,
+    seed: int = DEFAULTS.seed,
     opt_func: Callable = Adam,
-    wd: float = 0.0,
-    channels_last: bool = True,
-    compile: bool = False,
+    wd: float = DEFAULTS.wd,
+    channels_last: bool = DEFAULTS.channels_last,
+    compile: bool = DEFAULTS.compile,
     held_out: bool | None = None,
     cbs: list[Callback] | None = None,
     metrics: list | None = None,
     **kwargs: Any,
 ) -> FaceLearner:
     """A ``Learner`` that trains ``EmbeddingNet(arch, emb_dim)`` with the cost function ``loss``.
+
+    Every default is :data:`fvloss.config.DEFAULTS`' (what ``fvloss train`` uses), so
+    ``face_learner(face_dls(root))`` builds the run ``fvloss train --data root`` builds;
+    ``learn.settings`` records the settings it was built with, by their ``Config`` names.
 
     Args:
         dls: ``DataLoaders`` from :func:`fvloss.data.face_dls` (or any with integer labels;
@@ -170,12 +175,12 @@ def face_learner(
             an error.
         partial_fc: a sample rate in (0, 1]: the head's classes split across the ranks and
             sampled per step (:class:`~fvloss.heads.partial_fc.PartialFCHead`: ArcFace, CosFace,
-            the combined margin); None: the plain head.
+            the combined margin); 0 or None: the plain head.
         img_size: the input size, for bodies whose features are a flattened map (IR-ResNet,
             MobileFaceNet); default ``dls.img_size`` (face_dls), else 112.
         val_pairs: verification pairs drawn from the validation identities every epoch (AUC,
-            10-fold accuracy, TAR@FAR, EER in the progress table); ``None`` to skip.
-        val_seed: the seed of that draw (the recipes pass the run's seed).
+            10-fold accuracy, TAR@FAR, EER in the progress table); 0 or ``None`` to skip.
+        seed: the seed of that draw (the runner passes the run's seed).
         margin_hold, margin_warmup: the margin schedule of heads with margins (``head.margins``)
             (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
@@ -191,7 +196,7 @@ def face_learner(
     """
     spec = loss_spec(loss)
     n_classes = n_classes or getattr(dls, "n_classes", None) or dls.c
-    head, loss_cbs = spec.build(emb_dim, n_classes, settings, partial_fc=partial_fc)
+    head, loss_cbs = spec.build(emb_dim, n_classes, settings, partial_fc=partial_fc or None)
     img_size = img_size or getattr(dls, "img_size", None) or 112
     embedder = EmbeddingNet(
         arch, emb_dim, pretrained=pretrained, dropout=dropout, img_size=img_size
@@ -201,7 +206,7 @@ def face_learner(
         model = model.to(memory_format=torch.channels_last)
     if compile:
         model.embedder.compile()
-    # epoch e's shuffle and augmentation (fvloss.seeded); where each epoch's seconds go
+    # epoch e's shuffle and augmentation (fvloss.data.seeded); where each epoch's seconds go
     cbs = [SetEpoch(), TimeBreakdown(), *loss_cbs, *(cbs or [])]
     if (margin_hold or margin_warmup) and getattr(
         getattr(head, "margin_head", head), "margins", None
@@ -209,10 +214,10 @@ def face_learner(
         cbs.append(MarginSchedule(margin_hold, margin_warmup))
     if val_pairs:
         # held-out identities first: their columns lead the table, protocols' (cbs) follow
-        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs, seed=val_seed)), *cbs]
+        cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs, seed=seed)), *cbs]
     if held_out is None:
         held_out = hasattr(dls, "valid_identities")
-    return FaceLearner(
+    learn = FaceLearner(
         dls,
         model,
         loss_func=head,
@@ -223,3 +228,11 @@ def face_learner(
         held_out=held_out,
         **kwargs,
     )
+    learn.settings = {
+        "loss": loss, "arch": arch, "emb_dim": emb_dim, "pretrained": pretrained,
+        "dropout": dropout, "loss_settings": {loss: {**spec.settings, **(settings or {})}},
+        "partial_fc": partial_fc or 0.0, "margin_hold": margin_hold,
+        "margin_warmup": margin_warmup, "val_pairs": val_pairs or 0, "seed": seed, "wd": wd,
+        "channels_last": channels_last, "compile": compile,
+    }  # fmt: skip
+    return learn

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import EvalTransform
+from .data.transforms import EvalTransform
 from .model import EmbeddingNet
 
 __all__ = ["Run", "load_run"]

@@ -56,7 +56,7 @@ def one_thread():
 @pytest.fixture(scope="session")
 def tiny_synthetic(tmp_path_factory) -> Path:
     """6 synthetic identities x 4 images at 32 px, generated once per test session."""
-    from fvloss.synthetic import SyntheticSpec, make_synthetic
+    from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 
     return make_synthetic(SyntheticSpec(6, 4, 32, 0), tmp_path_factory.mktemp("syn"), quiet=True)
 

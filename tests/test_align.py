@@ -26,7 +26,6 @@ from fvloss.align import (
     detect_faces,
     encode_image,
     list_images,
-    main,
     make_detector,
     pick_face,
     similarity_transform,
@@ -34,6 +33,7 @@ from fvloss.align import (
     transform_points,
     warp_face,
 )
+from fvloss.cli.align import main
 from fvloss.imageio import read_rgb
 
 REPO = Path(__file__).resolve().parents[1]

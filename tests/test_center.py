@@ -11,8 +11,8 @@ from fastai.callback.core import Callback, CancelStepException
 from fvloss.callbacks import CPUAutocast
 from fvloss.callbacks.center import CENTERS, CenterLoss, center_loss_term, center_update
 from fvloss.data import face_dls
+from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 from fvloss.learner import face_learner
-from fvloss.synthetic import SyntheticSpec, make_synthetic
 
 # ----------------------------------------------------------------------------- the formulas
 

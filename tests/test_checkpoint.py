@@ -26,9 +26,9 @@ from fvloss.callbacks.checkpoint import (
 )
 from fvloss.callbacks.guard import DivergenceGuard
 from fvloss.data import face_dls
+from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 from fvloss.learner import face_learner
 from fvloss.recipes import center
-from fvloss.synthetic import SyntheticSpec, make_synthetic
 
 EPOCHS, LR = 2, 1e-3
 

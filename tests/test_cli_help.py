@@ -8,8 +8,8 @@ import argparse
 import pytest
 
 from fvloss.cli import COMMANDS, main
-from fvloss.heads import LOSSES
-from fvloss.recipes.config import build_parser
+from fvloss.cli.train import build_parser
+from fvloss.losses import LOSSES
 
 
 def _flags(ap: argparse.ArgumentParser) -> list[argparse.Action]:

@@ -6,13 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from fvloss.recipes.config import (
-    SYNTHETIC_OVERRIDES,
-    Config,
-    build_parser,
-    load_toml,
-    resolve_config,
-)
+from fvloss.cli.train import build_parser, resolve_config
+from fvloss.config import SYNTHETIC_OVERRIDES, Config
+from fvloss.experiment import load_experiment as load_toml
+from fvloss.experiment import loss_settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,15 +110,15 @@ def test_invalid_and_missing_toml(tmp_path):
 def test_scale_flags_accept_auto():
     cfg, _ = resolve_config(["--data", "d", "--loss", "arcface", "--arcface-s", "auto"])
     assert cfg.loss_settings == {"arcface": {"s": "auto"}}
-    assert cfg.settings == {"s": "auto", "m": 0.5, "easy_margin": False, "eps": 1e-7}
+    assert loss_settings(cfg) == {"s": "auto", "m": 0.5, "easy_margin": False, "eps": 1e-7}
     cfg, _ = resolve_config(
         ["--data", "d", "--loss", "cosface", "--cosface-s", "30", "--cosface-m", "0.2"]
     )
     assert cfg.loss_settings["cosface"]["s"] == 30.0
     assert isinstance(cfg.loss_settings["cosface"]["s"], float)
-    assert cfg.settings == {"s": 30.0, "m": 0.2}
-    assert Config(loss="softmax").settings == {"bias": True}
-    assert Config(loss="center").settings == {"bias": True, "lam": 0.003, "alpha": 0.5,
+    assert loss_settings(cfg) == {"s": 30.0, "m": 0.2}
+    assert loss_settings(Config(loss="softmax")) == {"bias": True}
+    assert loss_settings(Config(loss="center")) == {"bias": True, "lam": 0.003, "alpha": 0.5,
                                               "reduction": "mean"}  # fmt: skip
     with pytest.raises(SystemExit):
         resolve_config(["--arcface-s", "big"])
@@ -136,7 +133,7 @@ def test_loss_tables_in_toml_merge_with_extends_and_flags(tmp_path):
         ["--config", str(child), "--arcface-easy-margin", "--loss", "arcface"]
     )
     assert cfg.loss_settings["arcface"] == {"s": 30, "m": 0.3, "easy_margin": True}
-    assert cfg.settings["m"] == 0.3 and src["loss_settings"] == "flags"
+    assert loss_settings(cfg)["m"] == 0.3 and src["loss_settings"] == "flags"
 
 
 @pytest.mark.parametrize(
@@ -167,7 +164,7 @@ def test_saved_configs_from_before_loss_tables_still_load():
     old.update(arcface_s="auto", arcface_m=0.4, easy_margin=False, cosface_s=64.0,
                cosface_m=0.35, center_lam=0.003, center_alpha=0.5)  # fmt: skip
     cfg = Config.from_saved(old)
-    assert cfg.settings == {"s": "auto", "m": 0.4, "easy_margin": False, "eps": 1e-7}
+    assert loss_settings(cfg) == {"s": "auto", "m": 0.4, "easy_margin": False, "eps": 1e-7}
 
 
 @pytest.mark.parametrize(
@@ -215,7 +212,7 @@ def test_every_field_but_extra_aug_has_a_flag():
 
     missing = {f.name for f in fields(Config)} - flags
     assert missing == {"extra_aug", "loss_settings"}  # tables; loss settings have their flags
-    from fvloss.heads import LOSSES
+    from fvloss.losses import LOSSES
 
     for name, spec in LOSSES.items():
         for key in spec.settings:
@@ -277,3 +274,32 @@ def test_celeba64_losses_differ_only_in_the_cost_function():
         rest = {k: v for k, v in cfg.items() if k not in ("loss", "name")}
         assert rest == {k: v for k, v in base.items() if k not in ("loss", "name")}, loss
     assert losses == {"softmax", "center", "arcface"}
+
+
+# Config fields that shape the run as a whole (what to read, how long, where to write, how to
+# score and log), not the DataLoaders or the Learner that face_dls / face_learner build.
+RUN_LEVEL = {
+    "name", "data", "epochs", "lr", "lr_find_iters", "schedule", "precision", "threads",
+    "guard", "guard_factor", "guard_patience", "guard_warmup", "guard_every", "deterministic",
+    "pairs", "pairs_root", "pairs_format", "pairs_every", "flip_tta", "val_bins",
+    "val_bins_every", "out", "run_dir", "resume", "checkpoint_steps", "checkpoint_minutes",
+    "progress", "log",
+}  # fmt: skip
+
+
+def test_the_notebook_api_builds_what_fvloss_train_builds(tiny_synthetic):
+    """``face_learner(face_dls(root))`` and ``fvloss train --data root`` resolve every setting
+    alike: the notebook API's defaults are Config's (fvloss.config.DEFAULTS)."""
+    from dataclasses import fields
+
+    from fvloss.data import face_dls
+    from fvloss.learner import face_learner
+
+    cfg, _ = resolve_config(["--data", str(tiny_synthetic)])
+    dls = face_dls(tiny_synthetic)
+    learn = face_learner(dls)
+    built = {**dls.settings, **learn.settings}
+    want = {**cfg.to_dict(), "loss_settings": {cfg.loss: loss_settings(cfg)}}
+    assert built == {k: want[k] for k in built}
+    # every setting of the data or the model is one the notebook API takes
+    assert set(built) == {f.name for f in fields(Config)} - RUN_LEVEL

@@ -1,4 +1,4 @@
-"""DeviceAugment (fvloss.device_aug) against Albumentations: each transform at fixed
+"""DeviceAugment (fvloss.data.device_aug) against Albumentations: each transform at fixed
 parameters, and the recipes' whole augmentation in distribution."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from fvloss.data import train_pipeline
-from fvloss.device_aug import DeviceAugment
+from fvloss.data.device_aug import DeviceAugment
 
 S = 32
 CELEBA64_AUG = [  # recipes/celeba64.toml

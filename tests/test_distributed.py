@@ -10,7 +10,7 @@ import pytest
 import torch
 from distributed_common import run_ranks
 
-from fvloss import distributed
+from fvloss import ranks
 from fvloss.callbacks.center import center_update
 from fvloss.heads import AdaFaceHead, CurricularFaceHead
 
@@ -39,11 +39,11 @@ def _head_state_on_rank(rank: int, world: int, kind: str) -> dict:
 
 def test_helpers_are_the_identity_on_one_process():
     x = torch.tensor([1.0, 2.0, 4.0])
-    assert distributed.world_size() == 1 and distributed.rank() == 0
-    assert distributed.global_mean(x).item() == pytest.approx(7 / 3)
-    mean, std, n = distributed.global_mean_std(x)
+    assert ranks.world_size() == 1 and ranks.rank() == 0
+    assert ranks.global_mean(x).item() == pytest.approx(7 / 3)
+    mean, std, n = ranks.global_mean_std(x)
     assert (mean.item(), n.item()) == (pytest.approx(7 / 3), 3)
-    assert torch.equal(std, x.std()) and torch.equal(distributed.global_mean(x), x.mean())
+    assert torch.equal(std, x.std()) and torch.equal(ranks.global_mean(x), x.mean())
 
 
 def test_center_update_uses_every_ranks_features():
@@ -78,7 +78,7 @@ def _train(
 ) -> dict:
     from fastai.optimizer import SGD, Adam
 
-    from fvloss.callbacks.distributed import FaceDistributed
+    from fvloss.callbacks.ddp import FaceDistributed
     from fvloss.data import face_dls
     from fvloss.learner import face_learner
 
@@ -103,7 +103,7 @@ def _train(
 
 @pytest.fixture(scope="module")
 def ddp_data(tmp_path_factory):
-    from fvloss.synthetic import SyntheticSpec, make_synthetic
+    from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 
     return str(make_synthetic(SyntheticSpec(6, 6, 32, 0), tmp_path_factory.mktemp("d"), quiet=True))
 
@@ -146,7 +146,7 @@ def _moments(rank: int, world: int, data: str) -> dict:
     """A step of Partial FC under DDP; the checkpoint's state; this rank's Adam moments; and
     those a fresh learner on this world size gets back from the checkpoint."""
     from fvloss.callbacks.checkpoint import model_state, restore_weights
-    from fvloss.callbacks.distributed import FaceDistributed
+    from fvloss.callbacks.ddp import FaceDistributed
     from fvloss.data import face_dls
     from fvloss.learner import face_learner
 
@@ -200,7 +200,7 @@ def test_partial_fc_checkpoints_whole_moments_and_reshards_them(ddp_data):
 
 
 def _lr_find(rank: int, world: int, data: str) -> dict:
-    from fvloss.callbacks.distributed import FaceDistributed
+    from fvloss.callbacks.ddp import FaceDistributed
     from fvloss.data import face_dls
     from fvloss.learner import face_learner
 
@@ -341,7 +341,7 @@ def test_held_out_verification_from_every_ranks_embeddings_equals_one_process(dd
 def _protocol(rank: int, world: int, faces: list) -> dict:
     from test_eval_embed import MeanColour, all_pairs, transform
 
-    from fvloss.eval.embed import score_pairs
+    from fvloss.eval.score import score_pairs
 
     model = MeanColour()
     scores, kept = score_pairs(model, all_pairs(faces), transform, batch_size=3,

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
+from fvloss.cli.pack_bin import main
 from fvloss.eval.bins import (
     BinFileError,
     BinFoldWarning,
     kfold_ids,
     load_bin,
-    main,
     pack_bin,
     pack_order,
     read_bin_pairs,
@@ -293,7 +293,7 @@ def test_kfold_ids_and_assign_folds_match_sklearn_kfold():
 def test_undecodable_image_is_named_when_scored(tmp_path):
     import torch
 
-    from fvloss.eval.embed import score_pairs
+    from fvloss.eval.score import score_pairs
 
     f = write_bin(tmp_path / "bad.bin", [_png(0), b"not an image", _png(1), _png(2)], [1, 0])
     pairs = read_bin_pairs(f)
@@ -395,8 +395,8 @@ def test_lfw_view1_pair_file_and_packed_bin_score_the_same(lfw_view1, tmp_path):
     import torch
 
     from fvloss.data import EvalTransform
-    from fvloss.eval.embed import score_pairs
     from fvloss.eval.metrics import verify_scores
+    from fvloss.eval.score import score_pairs
     from fvloss.model import EmbeddingNet
 
     pairs = read_pairs(lfw_view1 / "pairsDevTest.txt", lfw_view1 / "images")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import types
 import warnings
 from pathlib import Path
@@ -15,12 +14,12 @@ import pytest
 import torch
 from torch import nn
 
-from fvloss.eval.callback import VerifyPairs
-from fvloss.eval.embed import embed_images, evaluate_pairs, score_pairs
+from fvloss.callbacks.verify import VerifyPairs
+from fvloss.cli.verify import main
 from fvloss.eval.metrics import verify_scores
 from fvloss.eval.protocols import PairSet
 from fvloss.eval.report import write_outputs
-from fvloss.eval.verify_cli import main
+from fvloss.eval.score import embed_images, evaluate_pairs, score_pairs
 from fvloss.imageio import ImageReadError
 
 # Four identities, each a colour direction; images vary a little and are left-right asymmetric
@@ -168,7 +167,7 @@ def test_image_cache_skips_decoding(faces, monkeypatch):
     pairs, cache = all_pairs(faces), {}
     a, _ = score_pairs(MeanColour(), pairs, transform, cache=cache)
     assert len(cache) == len(faces)
-    monkeypatch.setattr("fvloss.eval.embed.read_rgb", lambda p: pytest.fail("decoded again"))
+    monkeypatch.setattr("fvloss.eval.score.read_rgb", lambda p: pytest.fail("decoded again"))
     b, _ = score_pairs(MeanColour(), pairs, transform, cache=cache)
     np.testing.assert_array_equal(a, b)
 
@@ -277,16 +276,14 @@ def test_callback_survives_nan_embeddings(faces):
 
 @pytest.fixture()
 def fake_runs(monkeypatch):
-    """A stand-in for the core's fvloss.runs, so the CLI is tested without it."""
+    """A stand-in for fvloss.runs.load_run, so the CLI is tested without a trained run."""
     loaded = []
 
     def load_run(run_dir, device=None):
         loaded.append((Path(run_dir), device))
         return types.SimpleNamespace(model=MeanColour(), eval_transform=transform, config={})
 
-    module = types.ModuleType("fvloss.runs")
-    module.load_run = load_run
-    monkeypatch.setitem(sys.modules, "fvloss.runs", module)
+    monkeypatch.setattr("fvloss.eval.load.load_run", load_run)
     return loaded
 
 
@@ -359,9 +356,7 @@ def test_verify_cli_refuses_non_finite_embeddings(faces, tmp_path, monkeypatch, 
     def load_run(run_dir, device=None):
         return types.SimpleNamespace(model=NaNNet(), eval_transform=transform, config={})
 
-    module = types.ModuleType("fvloss.runs")
-    module.load_run = load_run
-    monkeypatch.setitem(sys.modules, "fvloss.runs", module)
+    monkeypatch.setattr("fvloss.eval.load.load_run", load_run)
     pairs = write_assignment_pairs(faces, tmp_path / "pairs.txt")
     run = tmp_path / "run"
     run.mkdir()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from test_eval_compare import cache_scores, fake_run, make_images, write_pair_csv
 
-from fvloss.eval import compare
+from fvloss.cli import compare
 from fvloss.eval.groups import config_key, group_runs, mean_std, pool_scores
 from fvloss.eval.metrics import roc_auc
 from fvloss.eval.protocols import read_pairs
@@ -116,7 +116,7 @@ def test_grid_trains_each_loss_and_seed_keeps_finished_and_resumes(tmp_path, mon
         seeded_run(Path(d), loss, seed)  # the files a finished run leaves
         return 0
 
-    monkeypatch.setattr("fvloss.recipes.base.main", fake_train)
+    monkeypatch.setattr("fvloss.cli.compare.train_main", fake_train)
     out = tmp_path / "grid"
     done = out / "arcface-seed1"
     seeded_run(done, "arcface", 1)  # finished before: kept, not retrained

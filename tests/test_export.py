@@ -13,9 +13,11 @@ import torch
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
-from fvloss.eval.embedder import Preprocess, TorchEmbedder, as_embedder  # noqa: E402
+from fvloss.cli.export import main  # noqa: E402
+from fvloss.eval.embedder import Preprocess, TorchEmbedder  # noqa: E402
+from fvloss.eval.load import as_embedder  # noqa: E402
 from fvloss.eval.onnx import OnnxEmbedder  # noqa: E402
-from fvloss.export import check_onnx, export_onnx, main  # noqa: E402
+from fvloss.export import check_onnx, export_onnx  # noqa: E402
 from fvloss.model import EmbeddingNet, FaceNet  # noqa: E402
 
 SIZE, EMB, MEAN, STD = 32, 16, 0.4, 0.25  # mean / std off insightface's 0.5: metadata must win
@@ -59,7 +61,7 @@ def onnx_path(run, tmp):
 @pytest.fixture(scope="module")
 def face():
     """A real RGB uint8 face image (the project's procedural faces), 64x64: resized to 32."""
-    from fvloss.synthetic import _identity, render_face
+    from fvloss.data.synthetic import _identity, render_face
 
     rng = np.random.default_rng(3)
     return render_face(_identity(rng), rng, size=64)
@@ -249,7 +251,7 @@ def faces_and_pairs(tmp):
     """8 procedural faces of 4 identities as PNGs, and a CSV of every pair among them."""
     import cv2
 
-    from fvloss.synthetic import _identity, render_face
+    from fvloss.data.synthetic import _identity, render_face
 
     rng = np.random.default_rng(0)
     root = tmp / "faces"
@@ -270,8 +272,8 @@ def faces_and_pairs(tmp):
 
 
 def test_verify_and_compare_take_an_onnx_model(run, onnx_path, faces_and_pairs, tmp, capsys):
-    from fvloss.eval import compare
-    from fvloss.eval.verify_cli import main as verify_main
+    from fvloss.cli import compare
+    from fvloss.cli.verify import main as verify_main
 
     root, csv = faces_and_pairs
     args = ["--pairs", str(csv), "--root", str(root)]
@@ -296,7 +298,7 @@ def test_verify_and_compare_take_an_onnx_model(run, onnx_path, faces_and_pairs, 
 
 
 def test_embed_cli_writes_paths_and_normalised_embeddings(onnx_path, run, faces_and_pairs, tmp):
-    from fvloss.eval.embed_cli import main as embed_main
+    from fvloss.cli.embed import main as embed_main
 
     root, _ = faces_and_pairs
     (root / "id0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")

@@ -18,7 +18,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory) -> Path:
-    from fvloss.synthetic import SyntheticSpec, make_synthetic
+    from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 
     return make_synthetic(SyntheticSpec(6, 6, 32, 0), tmp_path_factory.mktemp("f"), quiet=True)
 
@@ -37,7 +37,7 @@ def test_a_run_folder_has_its_curves_histograms_and_hardest_pairs(faces, tmp_pat
     assert (run / "verify" / "cfp-fp.scores.npz").is_file()  # what compare reuses
 
     # fvloss verify on the run folder draws the same three, plus the run's training curves
-    from fvloss.eval import verify_cli
+    from fvloss.cli import verify as verify_cli
 
     out = tmp_path / "verify-out"
     assert verify_cli.main(["--run", str(run), "--pairs", str(cfp), "--protocol", "cfp-ff",

@@ -102,10 +102,20 @@ def test_too_many_skipped_fp16_steps_in_a_row():
 
 
 def test_lr_find_is_left_alone():
+    """lr_find drives the loss up on purpose: the guard watches fits, not lr_find."""
     import fastai.callback.schedule  # noqa: F401  (Learner.lr_find)
 
-    learn = learner(DivergenceGuard(warmup=2, patience=1, factor=1.5))
-    learn.lr_find(num_it=30, show_plot=False)  # drives the loss up on purpose: no stop
+    guard = DivergenceGuard(factor=10, patience=3, warmup=4)
+    # the loss 100x from step 6 on: a fit stops at step 8 (the test above); lr_find runs on
+    spike = LossTimes(6, 100.0)
+    learn = learner(spike, guard)
+    learn.lr_find(num_it=16, stop_div=False, show_plot=False)
+    assert len(learn.recorder.lrs) == 16  # every iteration ran
+    losses = [float(v) for v in learn.recorder.losses]
+    assert max(losses[8:]) > 10 * min(losses[:4])  # past what stops a fit
+    learn.remove_cb(spike)
+    with pytest.raises(TrainingDiverged):  # and the guard is on again for the next fit
+        learn.fit(3, 1e-3, cbs=LossTimes(6, 100.0))
 
 
 def test_bad_settings():

@@ -29,7 +29,7 @@ from heads_common import (
 )
 
 from fvloss.heads.adaface import AdaFaceHead
-from fvloss.heads.registry import LossSpec
+from fvloss.losses import LossSpec
 
 EPS, H, T_ALPHA = 1e-3, 0.333, 0.01
 

@@ -27,7 +27,7 @@ from heads_common import (
 from fvloss.heads.arcface import ArcFaceHead
 from fvloss.heads.combined import CombinedMarginHead
 from fvloss.heads.cosface import CosFaceHead
-from fvloss.heads.registry import LossSpec
+from fvloss.losses import LossSpec
 
 MARGINS = [(1.0, 0.3, 0.2), (0.9, 0.4, 0.15), (1.2, 0.0, 0.35)]
 

@@ -23,7 +23,7 @@ from heads_common import (
 )
 
 from fvloss.heads.curricularface import CurricularFaceHead
-from fvloss.heads.registry import LossSpec
+from fvloss.losses import LossSpec
 
 
 def curricular_ref(emb, weight, y, s, m, t_old, training):

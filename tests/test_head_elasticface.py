@@ -30,7 +30,7 @@ from heads_common import (
 )
 
 from fvloss.heads.elasticface import ElasticArcHead
-from fvloss.heads.registry import LossSpec
+from fvloss.losses import LossSpec
 
 
 def draw_margins(seed, m, std, n=B):

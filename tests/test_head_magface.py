@@ -30,7 +30,7 @@ from heads_common import (
 )
 
 from fvloss.heads.magface import MagFaceHead
-from fvloss.heads.registry import LossSpec
+from fvloss.losses import LossSpec
 
 L_A, U_A, L_M, U_M = 10.0, 110.0, 0.45, 0.8
 

@@ -25,8 +25,8 @@ from heads_common import (
     with_weight,
 )
 
-from fvloss.heads.registry import LossSpec
 from fvloss.heads.sphereface import SphereFaceHead
+from fvloss.losses import LossSpec
 
 EMB, C = 8, 5
 # one angle in the middle of each pi/12 slot: every k interval of m = 2, 3, 4, each at least

@@ -19,9 +19,9 @@ from heads_common import (
     with_weight,
 )
 
-from fvloss.callbacks.subcenter import SubCenterDrop
-from fvloss.heads.registry import LossSpec
+from fvloss.callbacks.subcenter_drop import SubCenterDrop
 from fvloss.heads.subcenter import SubCenterArcFaceHead
+from fvloss.losses import LossSpec
 
 EMB, C, K, B = 8, 4, 3, 24
 

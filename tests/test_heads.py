@@ -30,16 +30,8 @@ from heads_common import (
     with_weight,
 )
 
-from fvloss.heads import (
-    LOSSES,
-    ArcFaceHead,
-    CosFaceHead,
-    MarginHead,
-    SoftmaxHead,
-    adacos_scale,
-    make_head,
-    register_loss,
-)
+from fvloss.heads import ArcFaceHead, CosFaceHead, MarginHead, SoftmaxHead, adacos_scale
+from fvloss.losses import LOSSES, make_head, register_loss
 
 # ----------------------------------------------------------------------------- references
 

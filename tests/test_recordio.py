@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from fvloss import recordio as R
+from fvloss.cli import pack
+from fvloss.data import recordio as R
 from fvloss.imageio import ImageReadError, read_rgb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -336,7 +337,7 @@ def test_face_dls_skip_bad_on_a_rec(tmp_path):
 @pytest.fixture(scope="module")
 def packed(tiny_synthetic, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("packed")
-    assert R.main([str(tiny_synthetic), str(out)]) == 0
+    assert pack.main([str(tiny_synthetic), str(out)]) == 0
     return out
 
 
@@ -402,7 +403,9 @@ def test_face_dls_with_one_worker_over_the_rec(packed):
 
 
 def test_pack_reencode_and_bad_input(tiny_synthetic, tmp_path, capsys):
-    assert R.main([str(tiny_synthetic), str(tmp_path / "q"), "--reencode", "--quality", "90"]) == 0
+    assert (
+        pack.main([str(tiny_synthetic), str(tmp_path / "q"), "--reencode", "--quality", "90"]) == 0
+    )
     out = capsys.readouterr().out
     assert out.count("\n") == 1 and "24 images of 6 identities" in out and "JPEG q90" in out
     keys, labels, _ = R.scan_record_set(tmp_path / "q", check="full")
@@ -410,10 +413,10 @@ def test_pack_reencode_and_bad_input(tiny_synthetic, tmp_path, capsys):
     _, img = R.unpack_image(R.IndexedRecordReader(tmp_path / "q" / "train.rec").read(1))
     assert img[:2] == b"\xff\xd8"
 
-    assert R.main([str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
+    assert pack.main([str(tmp_path / "nope"), str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "nope" in err
-    assert R.main([str(tiny_synthetic), str(tmp_path / "o"), "--quality", "80"]) == 2
+    assert pack.main([str(tiny_synthetic), str(tmp_path / "o"), "--quality", "80"]) == 2
     assert "--reencode" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
@@ -441,7 +444,7 @@ def test_a_failed_pack_leaves_the_old_set_and_no_partial_files(
 def test_pack_is_on_the_cli():
     from fvloss.cli import COMMANDS
 
-    assert COMMANDS["pack"][0] == "fvloss.recordio"
+    assert COMMANDS["pack"][0] == "fvloss.cli.pack"
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""The packed data index (fvloss.stream): flat arrays, built once, mapped by every rank, serving
+"""The packed data index (fvloss.data.stream): flat arrays, built once, mapped by every rank, serving
 the same batches as the default per-image path."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from distributed_common import run_ranks
 
 from fvloss.data import face_dls, scan_identities, scan_records
-from fvloss.recordio import pack_folder
-from fvloss.stream import PackedIndex, shared_index
+from fvloss.data.recordio import pack_folder
+from fvloss.data.stream import PackedIndex, shared_index
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fvloss import synthetic
+from fvloss.cli import synthetic as synthetic_cli
+from fvloss.data import synthetic
+from fvloss.data.synthetic import SyntheticSpec, default_cache_dir, make_synthetic, render_face
 from fvloss.imageio import read_rgb
-from fvloss.synthetic import SyntheticSpec, default_cache_dir, make_synthetic, render_face
 
 SPEC = SyntheticSpec(4, 3, 32, 0)
 
@@ -147,7 +148,7 @@ def test_render_face_is_a_pure_function_of_its_rng():
 
 def test_cli_writes_to_a_folder(tmp_path, capsys):
     assert (
-        synthetic.main(
+        synthetic_cli.main(
             [str(tmp_path / "out"), "--identities", "2", "--images", "2", "--size", "16"]
         )
         == 0

@@ -54,7 +54,7 @@ def test_the_config_offers_exactly_the_trackers_there_are():
     from dataclasses import fields
 
     from fvloss.callbacks.tracking import TRACKERS
-    from fvloss.recipes.config import Config
+    from fvloss.config import Config
 
     (log,) = [f for f in fields(Config) if f.name == "log"]
     assert tuple(log.metadata["choices"]) == TRACKERS

@@ -14,7 +14,6 @@ Command line: ``fvloss align SRC DST [--size 112] [--detector yuface|yunet] [--m
 [--workers N] [--fallback center] [--preview N]``.
 """
 
-from .cli import main
 from .detectors import (
     DEFAULT_MIN_SCORE,
     YUNET_HELP,
@@ -56,7 +55,6 @@ __all__ = [
     "list_images",
     "make_detector",
     "make_grid",
-    "main",
     "pick_face",
     "similarity_transform",
     "template",

@@ -2,7 +2,7 @@
 
 import sys
 
-from fvloss.align.cli import main
+from fvloss.cli.align import main  # the command line lives in fvloss.cli
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -36,7 +36,7 @@ def register_body(name: str, builder: Builder, summary: str = "") -> BodySpec:
 def build_body(name: str, img_size: int = 112, pretrained: bool = False) -> nn.Module:
     """The body ``name`` for ``img_size`` inputs; ``timm:NAME`` builds a timm model (an extra)."""
     if name.startswith("timm:"):
-        from .timm import timm_body
+        from .timm import timm_body  # timm is an optional extra: imported only when asked for
 
         return timm_body(name[len("timm:") :], pretrained, img_size)
     if name not in BODIES:

@@ -10,7 +10,7 @@ from fastai.callback.fp16 import MixedPrecision
 from fastai.torch_core import get_model  # the model inside a DDP wrapper
 from torch import nn
 
-from ..distributed import all_reduce_sum
+from ..ranks import all_reduce_sum
 
 __all__ = ["CenterLoss", "center_loss_term", "center_update"]
 

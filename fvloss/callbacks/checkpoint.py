@@ -12,7 +12,7 @@ readable copy of the record.
 ``every_minutes`` minutes, and when :class:`StopSignals` saw a SIGTERM / SIGINT (then it raises
 :class:`RunInterrupted`). :class:`ResumeFrom` puts a loaded checkpoint back into a fresh
 Learner: ``fit(..., start_epoch=epoch)`` skips the finished epochs (their values restored in
-the table), the loader (:class:`~fvloss.seeded.SeededDL`) starts the interrupted epoch at
+the table), the loader (:class:`~fvloss.data.seeded.SeededDL`) starts the interrupted epoch at
 ``batch`` without loading the batches before it, and the training progress, the generators and
 the callbacks' states are what they were. Since the batches are functions of (seed, epoch,
 image), the resumed run then computes exactly what the uninterrupted one did: the same final
@@ -40,10 +40,12 @@ from fastai.learner import Learner
 from fastai.torch_core import get_model
 from fastcore.foundation import L
 
-from ..distributed import any_rank, is_main, world_size
 from ..heads.partial_fc import sharded_parameters
 from ..jsonio import atomic_write, write_json
+from ..ranks import any_rank, is_main, world_size
+from ..runs import _load_weights
 from .timing import timed
+from .verify import NA  # NaN that prints n/a (JSON kept it as null)
 
 __all__ = [
     "Checkpoint",
@@ -177,7 +179,7 @@ class Checkpoint(Callback):
     exploding steps (``learn.diverging``): the one on disk stays the last good one.
 
     Mid-epoch checkpoints need a training loader that can start an epoch at a batch
-    (``set_epoch(epoch, start_batch)``, :class:`~fvloss.seeded.SeededDL`); with another, this
+    (``set_epoch(epoch, start_batch)``, :class:`~fvloss.data.seeded.SeededDL`); with another, this
     checkpoints at epochs' ends only, and says so.
 
     ``trained_s``: seconds a resumed run trained before this fit (its checkpoint's
@@ -211,7 +213,7 @@ class Checkpoint(Callback):
         if self.active and not self.mid_epoch and (self.every_steps or self.every_minutes):
             warnings.warn(
                 f"{type(self.dls.train).__name__} cannot start an epoch at a batch: "
-                "checkpoints at epochs' ends only (use fvloss.seeded.SeededDL for more)",
+                "checkpoints at epochs' ends only (use fvloss.data.seeded.SeededDL for more)",
                 stacklevel=2,
             )
         self._last_save, self._steps, self._at_train_end = time.monotonic(), 0, None
@@ -335,8 +337,6 @@ class ResumeFrom(Callback):
     def after_cancel_epoch(self) -> None:
         if self.epoch >= len(self.values):
             return
-        from ..eval.callback import NA  # NaN that prints n/a (JSON kept it as null)
-
         vals = [NA if v is None else v for v in self.values[self.epoch]]
         # the Recorder stores and prints its log after this: give it the epoch's values, and
         # "restored" where the epoch's time would be
@@ -417,8 +417,6 @@ def load_checkpoint(path: str | Path, map_location: torch.device | str = "cpu") 
     """Read a checkpoint (``checkpoints/last.pth``, or the run folder holding it) with
     ``weights_only`` (no code in the file runs). A truncated or foreign file is a ``ValueError``
     naming it."""
-    from ..runs import _load_weights
-
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoints" / f"{LAST}.pth"

@@ -31,7 +31,7 @@ import statistics
 import torch
 from fastai.callback.core import Callback
 
-from ..distributed import global_mean
+from ..ranks import global_mean
 
 __all__ = ["DivergenceGuard", "TrainingDiverged"]
 

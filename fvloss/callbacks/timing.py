@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
@@ -48,28 +48,30 @@ class TimeBreakdown(Callback):
     # after_batch (the Recorder, checkpoints); the data wait from there to the next batch
     order = 100
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        """``clock``: seconds from any origin (tests pass a fake one: no timing by sleeping)."""
+        self.clock = clock
         self.epochs: list[dict[str, float]] = []
         self._phase: str | None = None
 
     @contextmanager
     def section(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
+        t0 = self.clock()
         try:
             yield
         finally:
-            dt = time.perf_counter() - t0
+            dt = self.clock() - t0
             if getattr(self, "_active", False) and hasattr(self, "_cur"):
                 self._cur[name] += dt
                 if self._phase is not None:
                     self._inside += dt  # taken out of the phase the section ran in
 
     def _start(self, phase: str) -> None:
-        self._phase, self._t, self._inside = phase, time.perf_counter(), 0.0
+        self._phase, self._t, self._inside = phase, self.clock(), 0.0
 
     def _stop(self) -> None:
         if self._phase is not None:
-            self._cur[self._phase] += time.perf_counter() - self._t - self._inside
+            self._cur[self._phase] += self.clock() - self._t - self._inside
             self._phase = None
 
     # -- events --------------------------------------------------------------------------
@@ -81,7 +83,7 @@ class TimeBreakdown(Callback):
     def before_epoch(self) -> None:
         if self._active:
             self._cur: dict[str, float] = defaultdict(float)
-            self._t_epoch = time.perf_counter()
+            self._t_epoch = self.clock()
             self._phase = None
 
     def before_train(self) -> None:
@@ -114,7 +116,7 @@ class TimeBreakdown(Callback):
         if not self._active or not hasattr(self, "_cur"):
             return
         self._stop()
-        total = time.perf_counter() - self._t_epoch
+        total = self.clock() - self._t_epoch
         row = {p: self._cur.get(p, 0.0) for p in PHASES if p != "other"}
         row["other"] = max(total - sum(row.values()), 0.0)
         self.epochs.append({"epoch": self.epoch, **row, "total": total})

@@ -23,7 +23,6 @@ import hashlib
 import io
 import math
 import pickle
-import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -31,18 +30,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..cliutil import Parser
 from ..imageio import ImageReadError, check_image_bytes
 from ..jsonio import atomic_write
 from .metrics import assign_folds
-from .protocols import PairFileError, PairSet, protocol_names, read_pairs
+from .pairset import PairSet
 
 __all__ = [
     "BinFileError",
     "BinFoldWarning",
     "kfold_ids",
     "load_bin",
-    "main",
     "pack_bin",
     "pack_order",
     "read_bin_pairs",
@@ -452,7 +449,7 @@ def _file_bytes(pairs: PairSet, i: int) -> bytes:
     return data
 
 
-def _folds_from(pairs: PairSet) -> str:
+def describe_folds(pairs: PairSet) -> str:
     return "assigned (seed 0)" if pairs.folds is None else "the protocol's"
 
 
@@ -461,7 +458,7 @@ def pack_order(pairs: PairSet, n_folds: int = 10) -> np.ndarray:
     ``order[k]`` of ``pairs`` (grouped by fold, fold 0 first, protocol order within a fold).
     Warns (:class:`BinFoldWarning`) when the consecutive split cannot reproduce the folds."""
     folds = assign_folds(pairs.same, n_folds, seed=0) if pairs.folds is None else pairs.folds
-    source = _folds_from(pairs)
+    source = describe_folds(pairs)
     _, sizes = np.unique(folds, return_counts=True)
     want = np.bincount(kfold_ids(len(pairs), n_folds), minlength=n_folds)
     if len(sizes) != n_folds or (sizes != want).any():
@@ -494,65 +491,3 @@ def pack_bin(pairs: PairSet, out: str | Path, n_folds: int = 10) -> Path:
     data = [_file_bytes(pairs, i) for i in range(len(pairs.paths))]  # each file read once
     images = [data[i] for k in order for i in pairs.index[k]]
     return write_bin(out, images, pairs.same[order])
-
-
-# ----------------------------------------------------------------------------- command line
-
-
-class _Parser(Parser):
-    def error(self, message: str):  # one line, not usage + error
-        print(f"{self.prog}: {message}{self._suggestion(message)} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``fvloss pack-bin PAIRS ROOT OUT.bin [--protocol P] [--skip-missing] [--folds N]``."""
-    ap = _Parser(
-        examples=[
-            "fvloss pack-bin ../shared/data/cfp ../shared/data/cfp/Data/Images cfp_fp.bin "
-            "--protocol cfp-fp"
-        ],
-        prog="fvloss pack-bin",
-        description="Write a pair protocol as an insightface .bin (original image bytes; pairs "
-        "grouped by fold so that insightface's 10 consecutive folds are the protocol's).",
-    )
-    ap.add_argument("pairs", type=Path, help="pair file (any protocol) or CFP folder")
-    ap.add_argument("root", type=Path, help="image folder (CFP: Data/Images)")
-    ap.add_argument("out", type=Path, help="the .bin to write")
-    ap.add_argument(
-        "--protocol", "--format", dest="format", default="auto", choices=protocol_names()
-    )
-    ap.add_argument("--skip-missing", action="store_true", help="drop pairs with missing images")
-    ap.add_argument("--folds", type=int, default=10, help="folds of the .bin (default 10)")
-    try:
-        args = ap.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
-    if args.folds < 2:
-        return _fail(f"--folds must be >= 2, got {args.folds}")
-    try:
-        pairs = read_pairs(args.pairs, args.root, args.format, args.skip_missing)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", BinFoldWarning)
-            out = pack_bin(pairs, args.out, args.folds)
-    except (PairFileError, ValueError, OSError) as e:  # BinFileError, ImageReadError among them
-        return _fail(str(e))
-    for w in caught:
-        print(f"fvloss pack-bin: warning: {w.message}", file=sys.stderr)
-    skipped = f", {pairs.n_skipped} skipped" if pairs.n_skipped else ""
-    print(
-        f"packed {len(pairs)} pairs ({pairs.n_same} same, {pairs.n_different} different"
-        f"{skipped}; {len(pairs.paths)} distinct images) from {args.pairs} ({pairs.format}) "
-        f"into {out} ({out.stat().st_size / 2**20:.1f} MiB); folds: {_folds_from(pairs)}, "
-        f"as {args.folds} consecutive blocks"
-    )
-    return 0
-
-
-def _fail(message: str) -> int:
-    print(f"fvloss pack-bin: {message}", file=sys.stderr)
-    return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,10 @@
 """One embedder interface for everything that scores faces: a trained run, any torch module,
-or an exported / pretrained ONNX model (:class:`fvloss.eval.onnx.OnnxEmbedder`).
+or an exported / pretrained ONNX model (:class:`fvloss.eval.onnx.OnnxEmbedder`);
+:func:`fvloss.eval.load.as_embedder` makes one from whatever names a model.
 
 An :class:`Embedder` owns its preprocessing (``transform``: an ``HxWx3`` uint8 RGB image to a
 ``(3, H, W)`` float32 tensor) and maps a batch of such tensors to embeddings. The evaluation
-code (:mod:`fvloss.eval.embed`) only ever talks to this interface, so a pretrained insightface
+code (:mod:`fvloss.eval.score`) only ever talks to this interface, so a pretrained insightface
 model stands in the same table as the user's runs.
 """
 
@@ -11,14 +12,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["Embedder", "Preprocess", "TorchEmbedder", "as_embedder", "model_device"]
+__all__ = ["Embedder", "Preprocess", "TorchEmbedder", "model_device"]
 
 Transform = Callable[[np.ndarray], torch.Tensor]
 
@@ -129,37 +129,3 @@ class TorchEmbedder(Embedder):
                 f"got {shape} for B={len(x)}"
             )
         return e.float().cpu()
-
-
-def as_embedder(
-    model: nn.Module | Embedder | str | Path,
-    transform: Transform | None = None,
-    device: str | torch.device | None = None,
-    **onnx_options,
-) -> Embedder:
-    """An :class:`Embedder` from a torch module, an embedder, a run folder or an ``.onnx`` file.
-
-    ``transform`` overrides the embedder's own preprocessing when given; ``onnx_options``
-    (``size``, ``mean``, ``std``, ``channels``) configure an ONNX model's preprocessing.
-    """
-    if isinstance(model, Embedder):
-        if transform is not None:
-            model.transform = transform
-        return model
-    if isinstance(model, nn.Module):
-        return TorchEmbedder(model, transform, device)
-    path = Path(model)
-    if path.suffix.lower() == ".onnx":
-        from .onnx import OnnxEmbedder
-
-        emb = OnnxEmbedder(path, **onnx_options)
-    elif path.is_dir():
-        from ..runs import load_run
-
-        run = load_run(path, device=device)
-        emb = TorchEmbedder(run.model, run.eval_transform, device, name=path.name)
-    else:
-        raise FileNotFoundError(f"{path}: neither a run folder nor an .onnx model")
-    if transform is not None:
-        emb.transform = transform
-    return emb

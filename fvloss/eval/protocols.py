@@ -29,19 +29,18 @@ With ``skip_missing=True`` the pair is dropped instead and the reason is kept in
 
 from __future__ import annotations
 
-import argparse
 import csv
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 
+from .bins import read_bin_pairs
+from .pairset import PairFileError, PairSet, _Builder
+
 __all__ = [
     "FORMATS",
     "PROTOCOLS",
-    "add_pair_options",
     "protocol_names",
     "read_cfp_pairs",
     "PairFileError",
@@ -57,163 +56,6 @@ FORMATS = ("lfw", "assignment", "csv")  # pair files; PROTOCOLS (below) holds ev
 _ASSIGNMENT_EXTS = (".jpg", ".png", ".jpeg")
 _TRUE = {"1", "true", "yes", "same", "y", "t"}
 _FALSE = {"0", "false", "no", "different", "diff", "n", "f"}
-
-
-class PairFileError(ValueError):
-    """A pair file is malformed or names an image that does not exist."""
-
-    def __init__(self, path: str | Path, line: int | None, reason: str):
-        self.path, self.line, self.reason = str(path), line, reason
-        where = f"{path}, line {line}" if line else str(path)
-        super().__init__(f"{where}: {reason}")
-
-
-@dataclass
-class PairSet:
-    """Verification pairs over a list of unique images.
-
-    ``index[k] = (a, b)`` says pair ``k`` compares ``paths[a]`` with ``paths[b]``; keeping the
-    images unique lets an evaluation embed each image once however many pairs use it.
-    ``folds`` holds a fold id per pair when the file defines folds (LFW View 2), else ``None``.
-    ``images``, when set, holds each image's encoded bytes (or a decoded ``HxWx3`` RGB array)
-    in memory, as an insightface ``.bin`` does; ``paths`` then only name them
-    (``lfw.bin#17``). ``name`` labels the set in reports and output files (``pairsDevTest``,
-    ``cfp-fp``, ``agedb_30``).
-    """
-
-    paths: list[Path]
-    index: np.ndarray  # (P, 2) int64 into ``paths``
-    same: np.ndarray  # (P,) bool
-    folds: np.ndarray | None = None  # (P,) int64 fold ids, or None when the file has none
-    lines: np.ndarray | None = None  # (P,) int64 line number of each pair in ``source``
-    source: str = ""
-    skipped: list[str] = field(default_factory=list)  # one message per dropped pair
-    format: str = ""  # the protocol it was read with, when read from a file
-    images: list | None = None  # in-memory encoded images (or RGB arrays), one per path
-    name: str = ""  # short label for reports and output file names
-
-    def __post_init__(self) -> None:
-        if not self.name and self.source:
-            self.name = Path(self.source).stem
-        if self.images is not None and len(self.images) != len(self.paths):
-            raise ValueError(f"{len(self.images)} images for {len(self.paths)} paths")
-        self.index = np.asarray(self.index, dtype=np.int64).reshape(-1, 2)
-        self.same = np.asarray(self.same, dtype=bool).reshape(-1)
-        n = len(self.same)
-        if len(self.index) != n:
-            raise ValueError(f"index has {len(self.index)} pairs but same has {n}")
-        if n and (self.index.min() < 0 or self.index.max() >= len(self.paths)):
-            raise ValueError("pair index out of range of paths")
-        if self.folds is not None:
-            self.folds = np.asarray(self.folds, dtype=np.int64).reshape(-1)
-            if len(self.folds) != n:
-                raise ValueError(f"folds has {len(self.folds)} entries for {n} pairs")
-        if self.lines is not None:
-            self.lines = np.asarray(self.lines, dtype=np.int64).reshape(-1)
-
-    def __len__(self) -> int:
-        return len(self.same)
-
-    @property
-    def n_skipped(self) -> int:
-        """Number of pairs the file named but this set does not hold."""
-        return len(self.skipped)
-
-    @property
-    def n_same(self) -> int:
-        return int(self.same.sum())
-
-    @property
-    def n_different(self) -> int:
-        return len(self) - self.n_same
-
-    def load(self, i: int) -> np.ndarray:
-        """Image ``i`` as ``HxWx3`` uint8 RGB, from memory or from its file.
-
-        Raises :class:`~fvloss.imageio.ImageReadError` naming the image when it cannot be read.
-        """
-        from ..imageio import decode_rgb, read_rgb
-
-        if self.images is None:
-            return read_rgb(self.paths[i])
-        img = self.images[i]
-        if isinstance(img, np.ndarray) and img.ndim == 3:
-            return img
-        return decode_rgb(img, self.paths[i])
-
-    def pair_paths(self, k: int) -> tuple[Path, Path]:
-        """The two image paths of pair ``k``."""
-        a, b = self.index[k]
-        return self.paths[a], self.paths[b]
-
-    def subset(self, keep: np.ndarray, reasons: Iterable[str] = ()) -> PairSet:
-        """The pairs where ``keep`` is true; ``reasons`` (one per dropped pair) join ``skipped``.
-
-        Images no kept pair uses are dropped from ``paths``.
-        """
-        keep = np.asarray(keep, dtype=bool)
-        index = self.index[keep]
-        used = np.unique(index)
-        remap = np.full(len(self.paths), -1, dtype=np.int64)
-        remap[used] = np.arange(len(used))
-        return PairSet(
-            paths=[self.paths[i] for i in used],
-            index=remap[index],
-            same=self.same[keep],
-            folds=None if self.folds is None else self.folds[keep],
-            lines=None if self.lines is None else self.lines[keep],
-            source=self.source,
-            skipped=[*self.skipped, *reasons],
-            format=self.format,
-            images=None if self.images is None else [self.images[i] for i in used],
-            name=self.name,
-        )
-
-    @classmethod
-    def from_pairs(
-        cls,
-        pairs: Iterable[tuple[str | Path, str | Path, bool]],
-        folds: Sequence[int] | None = None,
-        source: str = "",
-    ) -> PairSet:
-        """Build a set from ``(path1, path2, same)`` triples (no file, no existence check)."""
-        builder = _Builder(source)
-        for n, (p1, p2, same) in enumerate(pairs, start=1):
-            builder.add(Path(p1), Path(p2), bool(same), line=n)
-        return builder.build(folds=None if folds is None else np.asarray(folds))
-
-
-class _Builder:
-    """Collects pairs while de-duplicating image paths."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.path_ids: dict[Path, int] = {}
-        self.index: list[tuple[int, int]] = []
-        self.same: list[bool] = []
-        self.lines: list[int] = []
-        self.positions: list[int] = []  # position of each kept pair among the file's pair lines
-        self.skipped: list[str] = []
-
-    def _id(self, path: Path) -> int:
-        return self.path_ids.setdefault(path, len(self.path_ids))
-
-    def add(self, p1: Path, p2: Path, same: bool, line: int, position: int = -1) -> None:
-        self.index.append((self._id(p1), self._id(p2)))
-        self.same.append(same)
-        self.lines.append(line)
-        self.positions.append(position)
-
-    def build(self, folds: np.ndarray | None = None) -> PairSet:
-        return PairSet(
-            paths=list(self.path_ids),
-            index=np.array(self.index, dtype=np.int64).reshape(-1, 2),
-            same=np.array(self.same, dtype=bool),
-            folds=folds,
-            lines=np.array(self.lines, dtype=np.int64),
-            source=self.source,
-            skipped=list(self.skipped),
-        )
 
 
 class _Problems:
@@ -494,9 +336,7 @@ def _cfp_list(path: Path) -> dict[int, str]:
 
 
 def _read_bin(path: str | Path, root: str | Path | None = None, skip_missing: bool = False):
-    from .bins import read_bin_pairs  # the restricted unpickler; only when a .bin is read
-
-    return read_bin_pairs(path)
+    return read_bin_pairs(path)  # images in memory: root and skip_missing do not apply
 
 
 PROTOCOLS = {
@@ -566,27 +406,3 @@ def read_pairs(
         first = f"; first problem: {pairs.skipped[0]}" if pairs.skipped else ""
         raise PairFileError(path, None, f"no usable pairs ({pairs.n_skipped} skipped){first}")
     return pairs
-
-
-def add_pair_options(p: argparse.ArgumentParser) -> None:
-    """The options every command that scores a pair protocol shares (``verify``, ``compare``)."""
-    p.add_argument(
-        "--root", type=Path, help="image folder (default: the pair file's folder; CFP: Data/Images)"
-    )
-    p.add_argument(
-        "--protocol",
-        "--format",
-        dest="format",
-        default="auto",
-        choices=protocol_names(),
-        help="pair protocol (--format is its old name; default: from the file)",
-    )
-    p.add_argument("--flip", action="store_true", help="add the mirror image's embedding")
-    p.add_argument(
-        "--folds", type=int, default=10, help="folds when the protocol defines none (default 10)"
-    )
-    p.add_argument(
-        "--skip-missing",
-        action="store_true",
-        help="drop (and count) pairs with a missing/unreadable image or a malformed line",
-    )

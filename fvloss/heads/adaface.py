@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from ..distributed import global_mean_std
+from ..ranks import global_mean_std
 from .base import MarginHead
 
 __all__ = ["AdaFaceHead"]

@@ -21,6 +21,8 @@ class ArcFaceHead(MarginHead):
         eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
 
+    shardable = True  # a stateless margin on the target: Partial FC can split it
+
     def __init__(
         self,
         emb_dim: int,

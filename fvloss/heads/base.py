@@ -16,6 +16,7 @@ Override points, few on purpose (as pytorch-metric-learning's losses):
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +71,11 @@ class Head(nn.Module):
 
     n_classes: int
     last_logits: torch.Tensor | None = None
+    #: whether Partial FC (:class:`~fvloss.heads.partial_fc.PartialFCHead`) can split this head's
+    #: classes across ranks: only heads whose logits are the scaled cosines with a stateless
+    #: margin on the target, so the margin applies block by block (not batch statistics as
+    #: CurricularFace / AdaFace keep, nor k rows per class as sub-center ArcFace)
+    shardable: ClassVar[bool] = False
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         z = self.logits(emb, labels)

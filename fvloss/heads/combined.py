@@ -30,6 +30,8 @@ class CombinedMarginHead(MarginHead):
         eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
 
+    shardable = True  # a stateless margin on the target: Partial FC can split it
+
     margins = {"m1": 1.0, "m2": 0.0, "m3": 0.0}  # a warm-up ramps all three (m1 from 1)
 
     def __init__(

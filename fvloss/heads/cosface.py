@@ -12,6 +12,8 @@ __all__ = ["CosFaceHead"]
 class CosFaceHead(MarginHead):
     """Target logit ``s * (cos(theta) - m)``; paper defaults ``s=64, m=0.35``."""
 
+    shardable = True  # a stateless margin on the target: Partial FC can split it
+
     def __init__(self, emb_dim: int, n_classes: int, s: float | str = 64.0, m: float = 0.35):
         super().__init__(emb_dim, n_classes, s, m)
 

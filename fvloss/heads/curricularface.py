@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..distributed import global_mean
+from ..ranks import global_mean
 from .base import MarginHead, _wide, angular_margin
 
 __all__ = ["CurricularFaceHead"]

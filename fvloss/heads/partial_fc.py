@@ -25,18 +25,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .. import distributed as fdist
-from .arcface import ArcFaceHead
+from .. import ranks as fdist
 from .base import Head, MarginHead, adacos_scale, feature_norm
-from .combined import CombinedMarginHead
-from .cosface import CosFaceHead
 
-__all__ = ["PartialFCHead", "SHARDABLE", "class_block", "init_rows", "sharded_parameters"]
-
-# Heads whose logits are the plain scaled cosines with a stateless margin on the target: their
-# margin can be applied block by block. (CurricularFace and AdaFace keep batch statistics,
-# SphereFace scales by the norm, sub-center needs k rows per class: not here.)
-SHARDABLE: tuple[type[MarginHead], ...] = (ArcFaceHead, CosFaceHead, CombinedMarginHead)
+__all__ = ["PartialFCHead", "class_block", "init_rows", "sharded_parameters"]
 
 
 def class_block(n_classes: int, rank: int, world: int) -> tuple[int, int]:
@@ -95,7 +87,7 @@ class _ShardedCrossEntropy(torch.autograd.Function):
 
 
 class PartialFCHead(Head):
-    """A :data:`SHARDABLE` margin head whose classes are split across the ranks and sampled.
+    """A margin head that says it is ``shardable`` (:attr:`Head.shardable`), its classes are split across the ranks and sampled.
 
     Args:
         head: the margin head class (``ArcFaceHead``, ``CosFaceHead``, ``CombinedMarginHead``).
@@ -117,9 +109,8 @@ class PartialFCHead(Head):
         **settings,
     ):
         super().__init__()
-        if head not in SHARDABLE:
-            names = [h.__name__ for h in SHARDABLE]
-            raise ValueError(f"Partial FC shards {names}, not {head.__name__}")
+        if not head.shardable:
+            raise ValueError(f"Partial FC shards heads that are shardable; not {head.__name__}")
         if not 0 < sample_rate <= 1:
             raise ValueError(f"sample_rate must be in (0, 1], got {sample_rate}")
         self.world = fdist.world_size() if world_size is None else world_size
@@ -258,7 +249,7 @@ def _gather_uneven(w: torch.Tensor, parts: list[torch.Tensor]) -> None:
 def _whole_matrix_on_save(module: PartialFCHead, state: dict, prefix: str, local_metadata) -> None:
     """state_dict hook: the block's parameters become whole ``(n_classes, ...)`` matrices. Under
     several ranks they are gathered, so every rank must call ``state_dict()`` together (rank 0
-    then writes it). Inside :func:`fvloss.distributed.local_only` (rank 0 alone: the precision
+    then writes it). Inside :func:`fvloss.ranks.local_only` (rank 0 alone: the precision
     probe's copy of the model) it stays this rank's block, which the load hook takes as it is."""
     if module.world > 1 and fdist.world_size() > 1:
         for name, p in module.sharded().items():

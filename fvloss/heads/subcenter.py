@@ -19,7 +19,7 @@ class SubCenterArcFaceHead(MarginHead):
     sub-centres; paper defaults ``s=64, m=0.5, k=3, drop_angle=75`` (degrees).
 
     Noisy samples gather at non-dominant sub-centres. :meth:`drop_non_dominant` (the
-    :class:`~fvloss.callbacks.subcenter.SubCenterDrop` callback calls it) keeps per class the
+    :class:`~fvloss.callbacks.subcenter_drop.SubCenterDrop` callback calls it) keeps per class the
     sub-centre nearest to most training samples so far (buffer ``hits``); from then on samples
     farther than ``drop_angle`` from it are left out of the loss, the mean is over the rest.
 

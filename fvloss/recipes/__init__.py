@@ -1,8 +1,9 @@
 """Recipes: ``python -m fvloss.recipes.<loss>`` for every registered loss, over one runner.
 
-Each recipe is the shared runner (:mod:`.base`) with its loss fixed. Rather than one file per
+Each recipe is ``fvloss train`` (:mod:`fvloss.cli.train`, over the runner :mod:`fvloss.train`)
+with its loss fixed. This package holds only the recipe modules. Rather than one file per
 loss, copies that would differ in one word, the modules are made from the loss registry
-(:data:`fvloss.heads.LOSSES`): importing this package adds one finder that answers only for
+(:data:`fvloss.losses.LOSSES`): importing this package adds one finder that answers only for
 ``fvloss.recipes.<name>`` where ``name`` is a registered loss and no file of that name exists.
 So a new loss has its recipe module the moment it is registered.
 """
@@ -14,13 +15,15 @@ import importlib.machinery
 import importlib.util
 import sys
 
+from ..losses import LOSSES
+
 _SOURCE = '''"""Recipe: {name}, {summary}.
 
 ``python -m fvloss.recipes.{name} [--config FILE.toml] [--FLAG VALUE ...]``; everything but the
-cost function comes from the shared defaults in :class:`fvloss.recipes.config.Config`.
+cost function comes from the shared defaults in :class:`fvloss.config.Config`.
 """
 
-from fvloss.recipes.base import recipe_main
+from fvloss.cli.train import recipe_main
 
 main = recipe_main({name!r})
 
@@ -36,15 +39,11 @@ class _LossRecipes(importlib.abc.MetaPathFinder, importlib.abc.InspectLoader):
         parent, _, name = fullname.rpartition(".")
         if parent != __name__ or name.startswith("_"):
             return None  # not ours: every other import is left to the usual finders
-        from ..heads import LOSSES
-
         if name not in LOSSES:
             return None
         return importlib.util.spec_from_loader(fullname, self, origin=f"<recipe for {name}>")
 
     def get_source(self, fullname: str) -> str:
-        from ..heads import LOSSES
-
         name = fullname.rpartition(".")[2]
         return _SOURCE.format(name=name, summary=LOSSES[name].summary or "a registered loss")
 
