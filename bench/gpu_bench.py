@@ -57,7 +57,7 @@ import torch  # noqa: E402
 
 from bench.data_pipeline import loader_alone, loader_bound  # noqa: E402
 from bench.overhead import compare  # noqa: E402
-from fvloss.callbacks.precision import mixed_precision_cb  # noqa: E402
+from fvloss.callbacks.precision import cpu_bf16_supported, mixed_precision_cb  # noqa: E402
 from fvloss.data import face_dls  # noqa: E402
 
 N_CLASSES = 269
@@ -81,6 +81,11 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return "cpu"
+
+
+NO_NATIVE_BF16 = (
+    "this CPU has no native bf16 (no AVX512-BF16 / AMX), where autocast runs 12-30x slower"
+)
 
 
 def slug(name: str) -> str:
@@ -169,6 +174,9 @@ def main(argv=None) -> int:
                 k: variants[k]
                 for k in ("fp32, NCHW", "fp16, channels_last", "bf16, channels_last, fused Adam")
             }
+            if not cpu_bf16_supported():  # minutes for one step each, no code path of its own
+                variants = {k: v for k, v in variants.items() if k.startswith("fp32")}
+                write(f"(dry run, part 1: fp16 / bf16 variants skipped: {NO_NATIVE_BF16})", "")
         for size in args.sizes:
             for bs in args.batch_sizes:
                 if time.time() - t_start > args.budget_s * 0.45:
@@ -270,13 +278,16 @@ def main(argv=None) -> int:
     # -- 4. many classes: the full margin head against Partial FC -------------------------------
     if 4 in args.parts and not over_budget("4. Many classes"):
         size, bs = (32, 8) if dry else (112, 128)
+        amp4 = not (dry and not cpu_bf16_supported())  # (a GPU: bf16; a CPU without: fp32)
+        if not amp4:
+            write(f"(dry run, part 4 in fp32: {NO_NATIVE_BF16})", "")
         rows = []
         for n in (1_000, 5_000) if dry else (100_000, 1_000_000):
             for kind in ("arcface", "partial_fc@0.1"):
                 if time.time() - t_start > args.budget_s:
                     rows.append([f"{n:,}", kind, "skipped (budget)", "", ""])
                     continue
-                ips, mem = head_step(kind, n, size, bs, 2 if dry else 10, device)
+                ips, mem = head_step(kind, n, size, bs, 2 if dry else 10, device, amp=amp4)
                 rows.append([f"{n:,}", kind, f"{ips:.0f}", f"{mem:.1f}" if mem else "", size])
                 print(f"  {kind} {n}: {ips:.0f} img/s", flush=True)
         tab = md_table(["classes", "head", "img/s", "peak GiB", "px"], rows)
@@ -287,7 +298,7 @@ def main(argv=None) -> int:
 
 
 def head_step(
-    kind: str, n_classes: int, size: int, bs: int, steps: int, device
+    kind: str, n_classes: int, size: int, bs: int, steps: int, device, amp: bool = True
 ) -> tuple[float, float]:
     """Training images/s of ResNet34 + 512-d embedding + an ArcFace head over ``n_classes``
     (``partial_fc@R``: sampled), bf16 autocast; and the peak device memory (GiB, CUDA)."""
@@ -311,7 +322,7 @@ def head_step(
         torch.cuda.reset_peak_memory_stats(device)
 
     def step() -> None:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = model.head(model(x), y)
         loss.backward()
         opt.step()

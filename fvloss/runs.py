@@ -7,7 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from fastcore.foundation import L
 from torch import nn
 
 from .data.transforms import EvalTransform
@@ -31,9 +33,6 @@ class Run:
 def _load_weights(path: Path, map_location: torch.device | str = "cpu") -> dict:
     """``torch.load`` with ``weights_only=True``; a fastai checkpoint saved with its optimizer
     (``checkpoints/last.pth``) also holds fastcore ``L`` lists and numpy scalars, allowed here."""
-    import numpy as np
-    from fastcore.foundation import L
-
     dtypes = {type(np.dtype(t)) for t in (np.float64, np.float32, np.int64, np.int32, np.bool_)}
     core = getattr(np, "_core", None) or np.core  # numpy 2 renamed core to _core
     allowed = [L, np.dtype, core.multiarray.scalar, *dtypes]

@@ -31,7 +31,6 @@ from .callbacks.checkpoint import (
     model_state,
     restore_weights,
 )
-from .callbacks.ddp import FaceDistributed
 from .callbacks.guard import DivergenceGuard
 from .callbacks.precision import mixed_precision_cb
 from .callbacks.tracking import tracking_cbs
@@ -88,6 +87,10 @@ def _phases(cfg: Config, source: dict[str, str], locks: list[RunLock]) -> RunRes
     if resumed is not None and resumed.done:
         return RunResult(read_json(run_dir / "metrics.json"))
     if ranks.launched():  # DDP through fastai's DistributedTrainer (accelerate), lr_find included
+        from .callbacks.ddp import (
+            FaceDistributed,
+        )  # accelerate: an optional extra, needed only here
+
         learn.add_cb(FaceDistributed(dls.device))
     lr = resumed.lr if resumed is not None else learning_rate(cfg, learn, run_dir)
     resolved = _record_settings(cfg, learn, dls, run_dir, data, lr)

@@ -1,5 +1,10 @@
 """Shared test fixtures.
 
+The tests mirror the source (``tests/data/`` tests ``fvloss/data/`` ...). This folder and its
+sub-folders are put on ``sys.path`` (test modules' names are unique across them), so that a
+test module may import another's helpers wherever either lives (``from test_recipes import
+argv``, ``from heads_common import ...``), in spawned rank processes too.
+
 ``../shared`` (next to the repository root, or ``$FVLOSS_SHARED``) holds real data sets that are
 never copied into the repository; tests that need them take the ``shared_dir`` fixture and are
 skipped, with the reason, where it is absent.
@@ -12,6 +17,14 @@ import sys
 from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+for _folder in [
+    TESTS,
+    *sorted(p for p in TESTS.iterdir() if p.is_dir() and p.name != "__pycache__"),
+]:
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 
 def shared_root() -> Path:

@@ -26,7 +26,7 @@ def _worker(rank: int, world: int, port: int, out: str, fn: Callable, args: tupl
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -36,5 +36,5 @@ def run_ranks(fn: Callable, world: int = 2, *args) -> list:
     """``[fn(rank, world, *args) for each rank]``, each in its own process of one gloo group.
     ``fn`` must be importable (a module-level function) and return tensors / plain data."""
     with tempfile.TemporaryDirectory() as tmp:
-        mp.spawn(_worker, args=(world, _free_port(), tmp, fn, args), nprocs=world, join=True)
+        mp.spawn(_worker, args=(world, free_port(), tmp, fn, args), nprocs=world, join=True)
         return [torch.load(Path(tmp) / f"rank{r}.pt", weights_only=False) for r in range(world)]

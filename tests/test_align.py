@@ -398,11 +398,25 @@ def _detection_rate(src: Path, dst: Path, yunet: Path) -> dict:
     return c
 
 
+def _every_third_identity(src: Path, dst: Path) -> tuple[Path, int]:
+    """A third of the identity folders, linked (a third of the detector's time; the rate is
+    measured on 1,500-2,100 real photos, enough for a 99 % claim)."""
+    dst.mkdir()
+    n = 0
+    for k, folder in enumerate(sorted(p for p in src.iterdir() if p.is_dir())):
+        if k % 3 == 0:
+            (dst / folder.name).symlink_to(folder)
+            n += len(list_images(folder))
+    return dst, n
+
+
 @pytest.mark.slow
 def test_lfw_view1_faces_found_in_99_percent(tmp_path, lfw, yunet):
-    assert _detection_rate(lfw, tmp_path / "lfw", yunet)["images"] == 4992
+    src, n = _every_third_identity(lfw, tmp_path / "src")
+    assert n > 1500 and _detection_rate(src, tmp_path / "lfw", yunet)["images"] == n
 
 
 @pytest.mark.slow
 def test_celeba_wild_faces_found_in_99_percent(tmp_path, celeba, yunet):
-    assert _detection_rate(celeba, tmp_path / "celeba", yunet)["images"] == 6300
+    src, n = _every_third_identity(celeba, tmp_path / "src")
+    assert n > 1500 and _detection_rate(src, tmp_path / "celeba", yunet)["images"] == n

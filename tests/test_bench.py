@@ -17,19 +17,22 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+# Toy sizes (32 px, small batches): each script's every code path, not its numbers, in about
+# 10-40 s each on an AVX2-only 2-core CPU.
 @pytest.mark.parametrize(
     "args",
     [
         ["-m", "bench.gpu_bench", "--dry-run"],
-        ["bench/overhead.py", "--quick", "--keep-memory"],
-        ["bench/data_pipeline.py", "--quick", "--keep-memory"],
-        ["bench/bodies.py", "--quick"],
+        ["bench/overhead.py", "--quick", "--keep-memory", "--sizes", "32", "--bs", "16"],
+        ["bench/data_pipeline.py", "--quick", "--keep-memory", "--img-size", "32", "--bs", "16",
+         "--n-images", "8", "--sizes", "32"],
+        ["bench/bodies.py", "--quick", "--sizes", "32", "--bs", "8"],
         ["bench/ddp.py", "--quick", "--bs", "8", "--size", "32"],
         ["bench/memory.py", "--heads-only", "--classes", "1000", "--dims", "16"],
         ["bench/data_index.py", "--images", "2000"],
     ],
     ids=["gpu_bench", "overhead", "data_pipeline", "bodies", "ddp", "memory_heads", "data_index"],
-)
+)  # fmt: skip
 def test_bench_script_runs(args, tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TMPDIR": str(tmp_path)}
     r = subprocess.run(

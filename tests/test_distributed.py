@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from distributed_common import run_ranks
+from distributed_common import free_port, run_ranks
 
-from fvloss import ranks
+from fvloss import ranks as fvranks
 from fvloss.callbacks.center import center_update
 from fvloss.heads import AdaFaceHead, CurricularFaceHead
 
@@ -37,15 +37,25 @@ def _head_state_on_rank(rank: int, world: int, kind: str) -> dict:
     return {k: v.clone() for k, v in head.state_dict().items()}
 
 
+def _each(fn, kinds: list, rank: int, world: int, *args) -> dict:
+    """``fn`` once per kind in one set of rank processes (a launch costs ~20 s here)."""
+    return {kind: fn(rank, world, *args, kind) for kind in kinds}
+
+
+def _head_states(rank: int, world: int, kinds: list) -> dict:
+    return _each(_head_state_on_rank, kinds, rank, world)
+
+
 def test_helpers_are_the_identity_on_one_process():
     x = torch.tensor([1.0, 2.0, 4.0])
-    assert ranks.world_size() == 1 and ranks.rank() == 0
-    assert ranks.global_mean(x).item() == pytest.approx(7 / 3)
-    mean, std, n = ranks.global_mean_std(x)
+    assert fvranks.world_size() == 1 and fvranks.rank() == 0
+    assert fvranks.global_mean(x).item() == pytest.approx(7 / 3)
+    mean, std, n = fvranks.global_mean_std(x)
     assert (mean.item(), n.item()) == (pytest.approx(7 / 3), 3)
-    assert torch.equal(std, x.std()) and torch.equal(ranks.global_mean(x), x.mean())
+    assert torch.equal(std, x.std()) and torch.equal(fvranks.global_mean(x), x.mean())
 
 
+@pytest.mark.slow
 def test_center_update_uses_every_ranks_features():
     feats, y = batch()
     one = torch.ones(C, D)
@@ -58,16 +68,18 @@ def test_center_update_uses_every_ranks_features():
     assert not torch.allclose(half, one, atol=1e-3)
 
 
-@pytest.mark.parametrize("kind", ["adaface", "curricularface"])
-def test_head_ema_statistics_are_the_global_batchs(kind):
-    one = _head_state_on_rank(0, 1, kind)
-    ranks = run_ranks(_head_state_on_rank, 2, kind)
-    for k in one:
-        assert torch.equal(ranks[0][k], ranks[1][k]), k
-        assert torch.allclose(ranks[0][k], one[k], rtol=1e-6, atol=1e-7), k
-    moved = "batch_mean" if kind == "adaface" else "t"
-    fresh = (AdaFaceHead if kind == "adaface" else CurricularFaceHead)(D, C, s=10.0)
-    assert not torch.allclose(one[moved], fresh.state_dict()[moved])  # one step moved it
+@pytest.mark.slow
+def test_head_ema_statistics_are_the_global_batchs():
+    kinds = ["adaface", "curricularface"]
+    on_ranks = run_ranks(_head_states, 2, kinds)
+    for kind in kinds:
+        one, ranks = _head_state_on_rank(0, 1, kind), [r[kind] for r in on_ranks]
+        for k in one:
+            assert torch.equal(ranks[0][k], ranks[1][k]), (kind, k)
+            assert torch.allclose(ranks[0][k], one[k], rtol=1e-6, atol=1e-7), (kind, k)
+        moved = "batch_mean" if kind == "adaface" else "t"
+        fresh = (AdaFaceHead if kind == "adaface" else CurricularFaceHead)(D, C, s=10.0)
+        assert not torch.allclose(one[moved], fresh.state_dict()[moved])  # one step moved it
 
 
 # ----------------------------------------------------------------------------- DDP training
@@ -108,20 +120,27 @@ def ddp_data(tmp_path_factory):
     return str(make_synthetic(SyntheticSpec(6, 6, 32, 0), tmp_path_factory.mktemp("d"), quiet=True))
 
 
-@pytest.mark.parametrize("loss", ["softmax", "center", "arcface"])
-def test_a_ddp_epoch_on_2_ranks_equals_one_process_with_twice_the_batch(ddp_data, loss):
-    one = _train(0, 1, ddp_data, loss, 8)
-    ranks = run_ranks(_train, 2, ddp_data, loss, 4)
-    assert ranks[0].keys() == one.keys()
-    init = one.pop("init")
-    for k, v in one.items():
-        assert torch.equal(ranks[0][k], ranks[1][k]), k  # every rank holds the same model
-        torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-5, msg=k)
-    # and training moved the weights (the comparison is not of two untouched models)
-    w = "head.fc.weight" if loss != "arcface" else "head.weight"
-    assert one[w].shape == init[w].shape and not torch.allclose(one[w], init[w], atol=1e-4)
+def _train_losses(rank: int, world: int, data: str, bs: int, losses: list) -> dict:
+    return {loss: _train(rank, world, data, loss, bs) for loss in losses}
 
 
+@pytest.mark.slow
+def test_a_ddp_epoch_on_2_ranks_equals_one_process_with_twice_the_batch(ddp_data):
+    losses = ["softmax", "center", "arcface"]
+    on_ranks = run_ranks(_train_losses, 2, ddp_data, 4, losses)
+    for loss in losses:
+        one, ranks = _train(0, 1, ddp_data, loss, 8), [r[loss] for r in on_ranks]
+        assert ranks[0].keys() == one.keys()
+        init = one.pop("init")
+        for k, v in one.items():
+            assert torch.equal(ranks[0][k], ranks[1][k]), (loss, k)  # every rank: one model
+            torch.testing.assert_close(ranks[0][k], v, rtol=1e-5, atol=1e-5, msg=f"{loss} {k}")
+        # and training moved the weights (the comparison is not of two untouched models)
+        w = "head.fc.weight" if loss != "arcface" else "head.weight"
+        assert one[w].shape == init[w].shape and not torch.allclose(one[w], init[w], atol=1e-4)
+
+
+@pytest.mark.slow
 def test_partial_fc_under_ddp_equals_one_process_with_twice_the_batch(ddp_data):
     # r = 1: exact; each rank holds its block of the classes (DDP leaves it out of its
     # averaging), the checkpointed state_dict is the whole matrix on every rank.
@@ -175,6 +194,7 @@ def _moments(rank: int, world: int, data: str) -> dict:
     return {"mine": mine, "weights": weights, "opt": opt, "back": {k: back[k] for k in mine}}
 
 
+@pytest.mark.slow
 def test_partial_fc_checkpoints_whole_moments_and_reshards_them(ddp_data):
     from fvloss.callbacks.checkpoint import restore_weights
     from fvloss.data import face_dls
@@ -220,21 +240,31 @@ def _lr_find(rank: int, world: int, data: str) -> dict:
             "losses": len(learn.recorder.losses)}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_lr_find_under_ddp_restores_every_ranks_weights(ddp_data):
     # fastai's LRFinder reloads its file on rank 0 only: the others kept lr_find's weights
     for r in run_ranks(_lr_find, 2, ddp_data):
         assert r["kept"] and r["opt"] and r["losses"] >= 6 and r["lr"] > 0
 
 
+@pytest.mark.slow
 def test_a_recipe_under_torchrun_writes_one_run_folder(ddp_data, tmp_path):
-    _launched_recipe(ddp_data, tmp_path, ["-m", "torch.distributed.run", "--nproc-per-node", "2"])
+    launch = ["-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _port()]
+    _launched_recipe(ddp_data, tmp_path, launch)
 
 
+@pytest.mark.slow
 def test_a_recipe_under_accelerate_launch_writes_one_run_folder(ddp_data, tmp_path):
     # accelerate's multi-process launcher (torchrun inside); on a CPU machine it runs gloo
     launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", _port()]  # fmt: skip
     _launched_recipe(ddp_data, tmp_path, launch)
+
+
+def _port() -> str:
+    """A free port: tests run side by side (pytest-xdist), and torchrun's default is one."""
+    return str(free_port())
 
 
 def _launched_recipe(ddp_data: str, tmp_path: Path, launch: list[str]) -> None:
@@ -269,15 +299,20 @@ def _recipe(args: list[str], nproc: int, timeout: int = 300, loss: str = "softma
     import subprocess
     import sys
 
-    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc)]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+              "--master-port", _port()]  # fmt: skip
     cmd = [*(launch if nproc > 1 else [sys.executable]), "-m", f"fvloss.recipes.{loss}", *args]
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+# A checkpoint holds the whole model whatever wrote it (a sharded head gathered), so the points
+# are: DDP saved, one process resumes; sharded ranks saved, unequal blocks on 3 ranks split it
+# again (one process saving a sharded head: tests/heads/test_partial_fc.py, in process).
+# Each launch costs ~25 s of process start-up here.
+@pytest.mark.slow
 @pytest.mark.parametrize(("first", "then", "extra"), [
-    (2, 1, []), (1, 2, []), (2, 1, ["--partial-fc", "0.5"]), (1, 2, ["--partial-fc", "0.5"]),
-    (2, 3, ["--partial-fc", "0.5"]),  # 3 ranks: blocks of unequal sizes
+    (2, 1, []), (2, 3, ["--partial-fc", "0.5"]),
 ])  # fmt: skip
 def test_a_run_saved_on_one_world_size_resumes_on_another(ddp_data, tmp_path, first, then, extra):
     import json
@@ -329,13 +364,19 @@ def _validate(rank: int, world: int, data: str, preload: str) -> list:
     return [float(v) for v in learn.validate()]
 
 
-@pytest.mark.parametrize("preload", ["off", "on"])
-def test_held_out_verification_from_every_ranks_embeddings_equals_one_process(ddp_data, preload):
-    one = _validate(0, 1, ddp_data, preload)
-    ranks = run_ranks(_validate, 2, ddp_data, preload)
-    assert len(one) == 4 and 0 < one[0] < 1  # auc, acc, tar@1e-3, eer of 100 pairs
-    for r in ranks:
-        assert r == pytest.approx(one, rel=1e-6, abs=1e-6, nan_ok=True)  # tar@1e-3: n/a
+def _validate_each(rank: int, world: int, data: str, preloads: list) -> dict:
+    return _each(_validate, preloads, rank, world, data)
+
+
+@pytest.mark.slow
+def test_held_out_verification_from_every_ranks_embeddings_equals_one_process(ddp_data):
+    preloads = ["off", "on"]  # the per-image loader and the preloaded one
+    on_ranks = run_ranks(_validate_each, 2, ddp_data, preloads)
+    for preload in preloads:
+        one = _validate(0, 1, ddp_data, preload)
+        assert len(one) == 4 and 0 < one[0] < 1  # auc, acc, tar@1e-3, eer of 100 pairs
+        for r in on_ranks:
+            assert r[preload] == pytest.approx(one, rel=1e-6, abs=1e-6, nan_ok=True), preload
 
 
 def _protocol(rank: int, world: int, faces: list) -> dict:
@@ -350,6 +391,7 @@ def _protocol(rank: int, world: int, faces: list) -> dict:
             "embedded": sum(n for n, *_ in model.calls)}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_protocol_images_are_split_across_ranks_and_scored_as_on_one(tmp_path):
     from test_eval_embed import make_faces
 
@@ -383,6 +425,7 @@ def _guarded(rank: int, world: int) -> str:
     return "went on"
 
 
+@pytest.mark.slow
 def test_a_loss_that_explodes_on_one_rank_stops_every_rank_at_the_same_step():
     reasons = run_ranks(_guarded, 2)
     assert reasons == ["the loss is inf"] * 2  # not one rank stopping, the other waiting

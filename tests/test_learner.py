@@ -60,6 +60,7 @@ def test_model_returns_embeddings_in_every_mode(dls, loss):
     assert learn.model.head.last_logits.shape == (4, dls.n_classes)
 
 
+@pytest.mark.slow
 def test_every_registered_loss_trains(dls):
     for loss in LOSSES:
         learn = learner(dls, loss)

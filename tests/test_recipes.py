@@ -79,6 +79,7 @@ def arcface_run(syn, tmp_path_factory) -> Path:
     return only_run_dir(out)
 
 
+@pytest.mark.slow
 def test_arcface_recipe_with_lr_find(arcface_run):
     assert arcface_run.name.startswith("arcface-")
     check_run_folder(arcface_run, "arcface", lr_find=True)
@@ -96,6 +97,7 @@ def test_recipe_with_fixed_lr(syn, tmp_path, recipe, loss):
         assert torch.count_nonzero(state["center_loss_centers"]) > 0
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_trained_embedder(arcface_run, syn):
     run = load_run(arcface_run, device="cpu")
     assert isinstance(run.model, EmbeddingNet) and not run.model.training
@@ -111,6 +113,7 @@ def test_load_run_gives_the_trained_embedder(arcface_run, syn):
         assert run.model(x[None]).shape == (1, EMB)
 
 
+@pytest.mark.slow
 def test_load_run_of_an_unfinished_run(arcface_run, tmp_path):
     # a run killed mid-training has checkpoints/last.pth (weights + optimizer) but no model.pth
     unfinished = tmp_path / "unfinished"
@@ -164,6 +167,7 @@ def copy_run(run_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(run_dir, tmp_path / run_dir.name))
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_epoch(softmax_run, tmp_path):
     run_dir = copy_run(softmax_run, tmp_path)
     first = read_json(run_dir / "metrics.json")
@@ -263,6 +267,7 @@ def cfp_from_synthetic(syn: Path, root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_protocols_scored_during_training(syn, tmp_path):
     """CFP-FP (any protocol) and insightface .bin sets are scored while training, into the
     progress table, metrics.json and RUN/verify, under one set of column names."""
@@ -288,6 +293,7 @@ def test_protocols_scored_during_training(syn, tmp_path):
     assert read_json(run_dir / "verify" / "mini.json")["n_pairs"] == 16
 
 
+@pytest.mark.slow
 def test_same_seed_same_run_bit_for_bit(syn, tmp_path):
     """Same settings and seed, fixed threads, a CPU: identical weights and metrics, though the
     run draws augmentation (flip + jitter), shuffling, the split and the validation pairs."""
@@ -383,6 +389,7 @@ def test_truncated_or_foreign_checkpoints_are_clear_errors(softmax_run, tmp_path
             load_run(run)
 
 
+@pytest.mark.slow
 def test_a_resumed_run_prints_and_keeps_the_restored_epochs(softmax_run, tmp_path, capsys):
     import shutil
 
@@ -469,6 +476,7 @@ def test_a_loss_registered_later_gets_a_recipe_module(monkeypatch):
     monkeypatch.delitem(sys.modules, "fvloss.recipes.mycos")
 
 
+@pytest.mark.slow
 def test_recipe_module_runs_with_python_dash_m():
     import subprocess
 

@@ -7,6 +7,7 @@ import argparse
 import difflib
 import re
 import sys
+import warnings
 from collections.abc import Sequence
 
 __all__ = ["Parser", "fail", "quiet_library_warnings"]
@@ -55,8 +56,6 @@ def quiet_library_warnings() -> None:
     """Hide deprecation notices that libraries raise about their own code, which a user cannot
     act on: fastai 2.8 calls ``torch.jit.script`` at import, which torch now deprecates. Called
     by the command-line entries only, never at import, so notebooks keep their warning filters."""
-    import warnings
-
     warnings.filterwarnings(
         "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
     )

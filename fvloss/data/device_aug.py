@@ -11,7 +11,7 @@ It is built from the *parsed* Albumentations transforms (:meth:`DeviceAugment.fr
 so a recipe's ``extra_aug`` means the same on both paths; a transform or an argument it does
 not implement makes ``from_pipeline`` return ``None`` with the reason, and the run keeps the
 per-image Albumentations path. The two are equal in distribution, not bit for bit
-(``tests/test_device_aug.py`` compares statistics of the augmented batches).
+(``tests/data/test_device_aug.py`` compares statistics of the augmented batches).
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import albumentations as A
+import cv2
 import torch
 import torch.nn.functional as F
 
@@ -55,8 +57,6 @@ class DeviceAugment:
         """``(augment, "")`` for a ``train_pipeline`` whose transforms it implements, else
         ``(None, why not)``. The first transform must be the Resize (done once, when the
         images are loaded into memory) and the last the Normalize."""
-        import albumentations as A
-
         tfms = list(pipe.transforms)
         if not tfms or not isinstance(tfms[0], A.Resize) or not isinstance(tfms[-1], A.Normalize):
             return None, "the pipeline does not start with Resize and end with Normalize"
@@ -82,8 +82,6 @@ class DeviceAugment:
 
     @staticmethod
     def _parse_Affine(t, kw: dict) -> str:
-        import cv2
-
         if t.translate_px is not None and any(v != 0 for r in t.translate_px.values() for v in r):
             return "translate_px is not implemented (use translate_percent)"
         if any(v != 0 for r in t.shear.values() for v in r):

@@ -14,7 +14,7 @@ import torch
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
 from fastai.data.core import DataLoaders
 from fastai.data.transforms import IndexSplitter
-from fastai.torch_core import default_device
+from fastai.torch_core import default_device, defaults
 
 from ..config import DEFAULTS
 from ..imageio import read_rgb
@@ -170,8 +170,6 @@ def default_workers() -> int:
     fewer, where workers decoding beside torch's compute threads slow the step more than they
     save (``bench/end_to_end.py``, 2026-12-01: 219 training img/s with 0 workers against 198
     with 2, epochs 34.2 against 38.4 s); otherwise fastai's default (the CPUs, at most 16)."""
-    from fastai.torch_core import defaults
-
     return 0 if (os.cpu_count() or 1) <= 2 else int(defaults.cpus)
 
 

@@ -21,12 +21,14 @@ import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import albumentations as A
 import numpy as np
 import torch
 from fastai.data.core import DataLoaders
 from fastai.data.load import DataLoader
 from fastai.torch_core import default_device
 from fastcore.basics import chunked
+from matplotlib.figure import Figure
 
 from .device_aug import DeviceAugment
 from .seeded import EpochOrder, item_seed
@@ -66,8 +68,6 @@ def preload_images(
 ) -> torch.Tensor:
     """Decode ``read(item)`` (RGB uint8) for every item, resized to ``size`` by the per-item
     pipeline's own ``Resize``, into one uint8 tensor ``(N, 3, size, size)``."""
-    import albumentations as A
-
     resize = A.Compose([A.Resize(size, size)])
     out = torch.empty((len(items), 3, size, size), dtype=torch.uint8)
     loader = torch.utils.data.DataLoader(
@@ -156,8 +156,6 @@ class PreloadedDL(EpochOrder, DataLoader):
     def show_batch(self, b=None, max_n: int = 9, ncols: int = 3, figsize=None, **kwargs):
         """A grid of (augmented) images of one batch with their identities, as fastai's
         ``show_batch``; returns the matplotlib ``Figure`` (no pyplot state is touched)."""
-        from matplotlib.figure import Figure
-
         x, y = b if b is not None else self.one_batch()
         x = self.decode_batch(x[:max_n].float()).permute(0, 2, 3, 1).cpu().numpy()
         nrows = -(-len(x) // ncols)

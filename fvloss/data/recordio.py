@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 
 from ..imageio import ImageReadError, check_image_bytes, decode_rgb, read_rgb
@@ -576,8 +577,6 @@ class PackResult:
 
 def _encoded(path: Path, quality: int | None) -> bytes:
     """A file's bytes as stored: the original bytes, or (with ``quality``) re-encoded JPEG."""
-    import cv2
-
     if quality is None:
         return path.read_bytes()
     ok, buf = cv2.imencode(

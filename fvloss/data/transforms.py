@@ -8,18 +8,16 @@
 
 from __future__ import annotations
 
-import os
 import random
 import warnings
 from typing import Any
 
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # before the import: no network call
-
-import albumentations as A  # noqa: E402  (after the line above, which must come first)
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from fastai.data.transforms import Transform  # noqa: E402
-from fastai.torch_core import TensorImage  # noqa: E402
+# (fvloss/__init__.py has set NO_ALBUMENTATIONS_UPDATE: albumentations' import makes no network call)
+import albumentations as A
+import numpy as np
+import torch
+from fastai.data.transforms import Transform
+from fastai.torch_core import TensorImage
 
 __all__ = [
     "train_pipeline",

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from .metrics import VerificationResult, _thin_roc
 
@@ -30,8 +32,6 @@ def roc_figure(
     Built on ``matplotlib.figure.Figure`` (Agg canvas) rather than pyplot, so it neither needs
     a display nor changes the backend of a notebook that imports fvloss.
     """
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(5.5, 5), dpi=120)
     ax = fig.add_subplot()
     for label, c in curves.items():
@@ -72,8 +72,6 @@ def plot_roc(
 def training_figure(history: Sequence[Mapping[str, Any]]):
     """Training curves of a run's ``history`` (metrics.json): the training loss, and each
     verification metric (held-out ``auc``/``acc``, protocols' ``<name>_auc``) per epoch."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(10, 4), dpi=110)
     loss_ax, ver_ax = fig.subplots(1, 2)
     epochs = [h["epoch"] for h in history]
@@ -91,8 +89,6 @@ def training_figure(history: Sequence[Mapping[str, Any]]):
             ver_ax.plot(*zip(*pts, strict=True), marker="o", label=key)
     loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
     ver_ax.set(xlabel="epoch", ylabel="AUC / accuracy", title="verification")
-    from matplotlib.ticker import MaxNLocator
-
     for ax in (loss_ax, ver_ax):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -105,8 +101,6 @@ def training_figure(history: Sequence[Mapping[str, Any]]):
 def score_histogram_figure(scores: np.ndarray, same: np.ndarray, threshold: float | None = None,
                            title: str | None = None):  # fmt: skip
     """Histograms of same-identity and different-identity pair scores, the threshold marked."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(5.5, 4), dpi=120)
     _histogram(fig.add_subplot(), scores, same, threshold, title or "pair scores")
     fig.tight_layout()
@@ -116,8 +110,6 @@ def score_histogram_figure(scores: np.ndarray, same: np.ndarray, threshold: floa
 def score_histograms_figure(runs: Mapping[str, tuple[np.ndarray, np.ndarray, float | None]]):
     """One :func:`score_histogram_figure` panel per ``{label: (scores, same, threshold)}``, on
     shared axes (``fvloss compare``)."""
-    from matplotlib.figure import Figure
-
     n = max(len(runs), 1)
     cols = min(n, 3)
     rows = -(-n // cols)
@@ -148,8 +140,6 @@ def worst_pairs_figure(pairs, scores: np.ndarray, load: Callable[[int], np.ndarr
     (the same person, lowest scores) as image pairs, side by side; ``load(i)`` reads
     ``pairs.paths[i]``. With a ``threshold``, pairs it classifies right are called the hardest
     different / same instead."""
-    from matplotlib.figure import Figure
-
     scores = np.asarray(scores, dtype=np.float64)
     diff, same = np.flatnonzero(~pairs.same), np.flatnonzero(pairs.same)
     accepts = diff[np.argsort(-scores[diff])][:k]

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..jsonio import atomic_write, read_json, write_json
 from .metrics import VerificationResult
-from .plots import plot_roc
+from .plots import plot_roc, score_histogram_figure, worst_pairs_figure
 from .protocols import PairSet
 
 __all__ = [
@@ -151,8 +151,6 @@ def write_pair_figures(result: VerificationResult, scores: np.ndarray, pairs: Pa
     """``stem.hist.png`` (same / different scores, the threshold; titled ``title``, default
     ``stem``) and, when the pairs' images can be read, ``stem.worst.png`` (the hardest false
     accepts and rejects)."""
-    from .plots import score_histogram_figure, worst_pairs_figure
-
     same = pairs.same if pairs is not None else None
     if same is None or len(same) != len(scores) or not len(scores):
         return

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..imageio import ImageReadError, read_rgb
@@ -144,8 +145,6 @@ def _embed(
 
 def _gathered(out: np.ndarray | None, failed: dict[int, str], mine: range, n: int):
     """Every rank's rows ``mine`` of ``out`` and its failures, put together on every rank."""
-    import torch.distributed as dist
-
     parts: list = [None] * mine.step  # (the number of ranks)
     dist.all_gather_object(parts, (None if out is None else out[mine], failed, mine))
     full: np.ndarray | None = None

@@ -76,6 +76,7 @@ def four_runs(tmp_path):
     return tmp_path, csv, pairs, runs, scores
 
 
+@pytest.mark.slow
 def test_compare_reports_mean_std_over_seeds_and_pooled_bootstrap(four_runs, capsys):
     tmp, csv, pairs, runs, scores = four_runs
     out = tmp / "cmp"

@@ -105,6 +105,7 @@ def resume(syn: Path, run: Path, loss: str, drop_train_state: bool = False, prel
     return learn, state["meta"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "loss,at,every,preload",
     [
@@ -135,6 +136,7 @@ def test_resume_after_a_kill_anywhere_ends_with_the_same_weights(
     assert str(resumed.recorder.values) == ref_values  # the table, restored epochs included
 
 
+@pytest.mark.slow
 def test_without_the_training_state_a_resume_is_not_exact(syn, tmp_path, reference):
     """The test above can fail: the generators, loss smoothing and callbacks' states matter."""
     learn = learner(syn, tmp_path, "center")
@@ -167,6 +169,7 @@ class SignalAt(Callback):
         self._fire("before_validate")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "event,epoch,n,sig,where",
     [
@@ -234,6 +237,7 @@ def cli_reference(syn, tmp_path_factory) -> dict:
     return torch.load(run / "model.pth", weights_only=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_command_line_run_resumes_to_the_same_model(syn, tmp_path, cli_reference, sig):
     run = tmp_path / "run"

@@ -252,6 +252,7 @@ def table_rows(md: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_cli_on_cached_scores(two_runs, no_model, capsys):
     t = two_runs
     out = t.tmp / "cmp"
@@ -298,6 +299,7 @@ def test_cli_on_cached_scores(two_runs, no_model, capsys):
     assert "No bootstrap: it compares two or more runs." in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_cli_module_entry_point(two_runs):
     t = two_runs
     out = t.tmp / "m"
@@ -310,6 +312,7 @@ def test_cli_module_entry_point(two_runs):
     assert (out / "roc.png").is_file()
 
 
+@pytest.mark.slow
 def test_identical_distributions_are_not_told_apart(two_runs, no_model, capsys):
     t = two_runs
     rng = np.random.default_rng(9)
@@ -327,6 +330,7 @@ def test_identical_distributions_are_not_told_apart(two_runs, no_model, capsys):
     assert "no clear difference" in md
 
 
+@pytest.mark.slow
 def test_many_runs_are_compared_with_the_first(two_runs, no_model, capsys):
     t = two_runs
     runs = [t.runs["softmax"]]
@@ -346,6 +350,7 @@ def test_many_runs_are_compared_with_the_first(two_runs, no_model, capsys):
     assert "| 0.02 |" not in md and "| 0.75 |" in md  # 45 s of training: 0.75 min
 
 
+@pytest.mark.slow
 def test_stale_or_foreign_cache_is_rescored(two_runs, monkeypatch, capsys):
     """A cache made on other pairs, with --flip, or before the weights is not trusted."""
     t = two_runs
@@ -500,6 +505,7 @@ def train_tiny(data: Path, out: Path, seed: int) -> Path:
 
 # Two 1-epoch trainings: ~11 s on two idle cores (~22 s while other jobs train), under the
 # 20 s this project marks "slow".
+@pytest.mark.slow
 def test_end_to_end_on_real_runs(tmp_path, monkeypatch, capsys):
     from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 

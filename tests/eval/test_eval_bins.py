@@ -391,6 +391,7 @@ def test_main_exit_codes(tmp_path, capsys):
         assert err and "\n" not in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_lfw_view1_pair_file_and_packed_bin_score_the_same(lfw_view1, tmp_path):
     import torch
 

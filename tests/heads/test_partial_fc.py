@@ -111,6 +111,7 @@ def _on_rank(rank: int, world: int, cls_name: str) -> tuple:
     return loss, gemb, gw, head.full_weight()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cls_name", ["ArcFaceHead", "CosFaceHead"])
 def test_two_ranks_give_the_whole_heads_loss_and_gradients(cls_name):
     cls, kw = next((c, k) for c, k in HEADS if c.__name__ == cls_name)
@@ -172,6 +173,7 @@ def _load_on_rank(rank: int, world: int, state: dict) -> torch.Tensor:
     return head.block.weight.detach().clone()
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_the_whole_matrix_and_load_on_any_world_size():
     weight, _, _ = inputs(3)
     saved = run_ranks(_save_on_rank, 2)  # blocks of 4 and 3 classes

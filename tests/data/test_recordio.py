@@ -21,7 +21,7 @@ from fvloss.cli import pack
 from fvloss.data import recordio as R
 from fvloss.imageio import ImageReadError, read_rgb
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MAGIC = b"\x0a\x23\xd7\xce"  # 0xced7230a, little endian
 
 

@@ -165,6 +165,7 @@ def test_fixed_batch_of_one(run, tmp):
     assert check_onnx(run, path)["ok"]
 
 
+@pytest.mark.slow
 def test_opset18_and_facenet_in_training_mode(run, tmp):
     """opset >= 18 takes torch's torch.export-based exporter; a FaceNet exports its embedder
     in eval mode and keeps its own mode."""
@@ -271,6 +272,7 @@ def faces_and_pairs(tmp):
     return root, tmp / "pairs.csv"
 
 
+@pytest.mark.slow
 def test_verify_and_compare_take_an_onnx_model(run, onnx_path, faces_and_pairs, tmp, capsys):
     from fvloss.cli import compare
     from fvloss.cli.verify import main as verify_main

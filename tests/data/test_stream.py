@@ -79,6 +79,7 @@ def _shared(rank: int, world: int, root: str, folder: str) -> dict:
             "mapped": isinstance(index.codes, np.memmap)}  # fmt: skip
 
 
+@pytest.mark.slow
 def test_rank_0_alone_scans_and_every_rank_maps_the_index(tiny_synthetic, tmp_path):
     ranks = run_ranks(_shared, 2, str(tiny_synthetic), str(tmp_path / "index"))
     assert [r["scanned"] for r in ranks] == [[0], []]

@@ -23,6 +23,7 @@ def faces(tmp_path_factory) -> Path:
     return make_synthetic(SyntheticSpec(6, 6, 32, 0), tmp_path_factory.mktemp("f"), quiet=True)
 
 
+@pytest.mark.slow
 def test_a_run_folder_has_its_curves_histograms_and_hardest_pairs(faces, tmp_path):
     cfp = cfp_from_synthetic(faces, tmp_path / "cfp")
     out = tmp_path / "runs"
