@@ -406,7 +406,7 @@ def _every_third_identity(src: Path, dst: Path) -> tuple[Path, int]:
     for k, folder in enumerate(sorted(p for p in src.iterdir() if p.is_dir())):
         if k % 3 == 0:
             (dst / folder.name).symlink_to(folder)
-            n += len(list_images(folder))
+            n += len(list_images(folder)[0])
     return dst, n
 
 
