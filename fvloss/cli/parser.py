@@ -55,7 +55,8 @@ def fail(prog: str, message: str, code: int = 2) -> int:
 def quiet_library_warnings() -> None:
     """Hide deprecation notices that libraries raise about their own code, which a user cannot
     act on: fastai 2.8 calls ``torch.jit.script`` at import, which torch now deprecates. Called
-    by the command-line entries only, never at import, so notebooks keep their warning filters."""
+    by the commands only (the ``fvloss`` script; importing :mod:`fvloss.recipes`, whose modules
+    are commands), not by the library, so a notebook using the library keeps its filters."""
     warnings.filterwarnings(
         "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
     )

@@ -15,7 +15,13 @@ import importlib.machinery
 import importlib.util
 import sys
 
-from ..losses import LOSSES
+from ..cli.parser import quiet_library_warnings
+
+# This package holds commands (``python -m fvloss.recipes.<loss>``), like the ``fvloss`` script:
+# hide fastai's notice about its own use of torch.jit.script before the registry imports fastai.
+quiet_library_warnings()
+
+from ..losses import LOSSES  # noqa: E402  (after the filter above)
 
 _SOURCE = '''"""Recipe: {name}, {summary}.
 
