@@ -87,14 +87,13 @@ def _phases(cfg: Config, source: dict[str, str], locks: list[RunLock]) -> RunRes
     if resumed is not None and resumed.done:
         return RunResult(read_json(run_dir / "metrics.json"))
     if ranks.launched():  # DDP through fastai's DistributedTrainer (accelerate), lr_find included
-        from .callbacks.ddp import (
-            FaceDistributed,
-        )  # accelerate: an optional extra, needed only here
+        # accelerate: an optional extra (fvloss[distributed]), imported only when launched so
+        from .callbacks.ddp import FaceDistributed
 
         learn.add_cb(FaceDistributed(dls.device))
     lr = resumed.lr if resumed is not None else learning_rate(cfg, learn, run_dir)
-    resolved = _record_settings(cfg, learn, dls, run_dir, data, lr)
-    fit_s = fit(cfg, learn, lr, resumed, resolved, run_dir)
+    _record_settings(cfg, learn, dls, run_dir, data, lr)
+    fit_s = fit(cfg, learn, lr, resumed)
     return outputs(cfg, learn, pair_cbs, resumed, run_dir, lr, precision, fit_s, t_start)
 
 
@@ -295,7 +294,7 @@ def learning_rate(cfg: Config, learn, run_dir: Path) -> float:
     return lr
 
 
-def _record_settings(cfg: Config, learn, dls, run_dir: Path, data: Path, lr: float) -> dict:
+def _record_settings(cfg: Config, learn, dls, run_dir: Path, data: Path, lr: float) -> None:
     """Write ``config.json`` (every setting, the loss's defaults and the chosen lr included) and
     ``data_report.json``, and start the trackers (after lr_find: they log the fit only)."""
     tables = {**cfg.loss_settings, cfg.loss: loss_settings(cfg)}
@@ -305,16 +304,13 @@ def _record_settings(cfg: Config, learn, dls, run_dir: Path, data: Path, lr: flo
         write_json(run_dir / "config.json", resolved)
         write_json(run_dir / "data_report.json", dls.report.to_dict())
         learn.add_cbs(tracking_cbs(cfg.log, run_dir, resolved))
-    return resolved
 
 
 # -- fit ----------------------------------------------------------------------------------------
 FITS = {"one_cycle": "fit_one_cycle", "flat": "fit_flat_cos"}  # config.SCHEDULES
 
 
-def fit(
-    cfg: Config, learn, lr: float, resumed: Resumed | None, resolved: dict, run_dir: Path
-) -> float:
+def fit(cfg: Config, learn, lr: float, resumed: Resumed | None) -> float:
     """Train the remaining epochs with checkpoints; SIGTERM (a scheduler's preemption) / SIGINT
     checkpoint after the step and stop (exit 143 / 130). Returns the seconds it took."""
     t_fit = time.time()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fastai.callback.core import Callback
+from fastai.callback.progress import CSVLogger
 
 __all__ = ["TRACKERS", "check_trackers", "tracking_cbs"]
 
@@ -39,10 +40,8 @@ def tracking_cbs(names: Sequence[str], run_dir: Path, config: dict[str, Any]) ->
     check_trackers(names)
     cbs: list[Callback] = []
     if "csv" in names:
-        from fastai.callback.progress import CSVLogger
-
         cbs.append(CSVLogger(Path(run_dir).resolve() / "history.csv"))
-    if "tensorboard" in names:
+    if "tensorboard" in names:  # the extras' packages: imported only when asked for
         from fastai.callback.tensorboard import TensorBoardCallback
 
         log_dir = Path(run_dir) / "tensorboard"
