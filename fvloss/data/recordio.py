@@ -56,6 +56,7 @@ __all__ = [
     "RecordSetPaths",
     "record_set_paths",
     "is_record_set",
+    "RecordProperty",
     "read_property",
     "scan_record_set",
     "RecordImageReader",
@@ -418,15 +419,34 @@ def record_set_paths(path: str | Path) -> RecordSetPaths:
     )
 
 
-def read_property(path: str | Path) -> tuple[int, int, int]:
-    """``(num_classes, height, width)`` from insightface's ``property`` file (``C,H,W``)."""
+class RecordProperty(NamedTuple):
+    """insightface's ``property`` file: ``num_classes,height,width``, and on a second line the
+    image count when insightface's ``rec_builder`` wrote it (``None`` when absent)."""
+
+    num_classes: int
+    height: int
+    width: int
+    n_images: int | None = None
+
+
+def read_property(path: str | Path) -> RecordProperty:
+    """Read a ``property`` file in either layout the field writes: one line ``C,H,W`` (the
+    MS1M / Glint / CASIA releases, ``fvloss pack``) or two, ``C,H,W`` then the image count
+    (insightface's ``python-package/insightface/data/rec_builder.py``)."""
     text = Path(path).read_text(errors="replace").strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     try:
-        c, h, w = (int(v) for v in text.split(","))
+        if not 1 <= len(lines) <= 2:
+            raise ValueError
+        c, h, w = (int(v) for v in lines[0].split(","))
+        n = int(lines[1]) if len(lines) == 2 else None
     except ValueError:
-        reason = f"expected 'num_classes,height,width', got {text[:60]!r}"
+        reason = (
+            "expected 'num_classes,height,width' and optionally the image count on a second "
+            f"line, got {text[:60]!r}"
+        )
         raise RecordIOError(path, reason) from None
-    return c, h, w
+    return RecordProperty(c, h, w, n)
 
 
 def _read_names(path: Path) -> list[str]:
@@ -490,6 +510,8 @@ def scan_record_set(
     labels: list[str] = []
     with IndexedRecordReader(paths.rec, paths.idx) as reader:
         _, image_keys = _image_keys(reader)
+        if paths.property:  # a malformed one is an error; a stated image count is checked
+            _check_count(read_property(paths.property), len(image_keys), paths)
         for key in image_keys:
             where = reader.where(key)
             try:
@@ -508,9 +530,18 @@ def scan_record_set(
     counts = Counter(labels)
     report.single_image_identities = sorted(n for n, c in counts.items() if c == 1)
     report.n_images, report.n_identities = len(keys), len(counts)
-    if paths.property:
-        read_property(paths.property)  # a malformed one is an error; its counts are not needed
     return keys, labels, report
+
+
+def _check_count(prop: RecordProperty, n_index: int, paths: RecordSetPaths) -> None:
+    """The image count ``property`` states (when it does) against the index: they differ
+    when the ``.idx`` or the ``.rec`` was cut short or belongs to another set."""
+    if prop.n_images is not None and prop.n_images != n_index:
+        raise RecordIOError(
+            paths.property,
+            f"says {prop.n_images} images, but {paths.idx.name} indexes {n_index} image "
+            "records (a truncated or mismatched .rec / .idx?)",
+        )
 
 
 @dataclass
@@ -629,7 +660,8 @@ def pack_folder(
                 header = IRHeader(2, np.array(ranges[label]), n + 1 + label, 0)
                 w.write_key(n + 1 + label, pack_image(header, b""))
             w.close(sync=True)
-        temp["property"].write_text(f"{c},{shape[0]},{shape[1]}\n")
+        # insightface rec_builder's layout: C,H,W then the image count (checked on reading)
+        temp["property"].write_text(f"{c},{shape[0]},{shape[1]}\n{n}\n")
         temp["identities.txt"].write_text("".join(f"{name}\n" for name in identities), "utf-8")
         final["train.idx"].unlink(missing_ok=True)
         for name in names:

@@ -266,6 +266,38 @@ def test_malformed_idx_identities_and_property_name_the_file(good_set):
         R.scan_record_set(good_set)
 
 
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("85742,112,112\n", (85742, 112, 112, None)),  # the MS1M / Glint releases: one line
+        ("40,112,112\n800\n", (40, 112, 112, 800)),  # insightface's rec_builder: + the count
+        ("40,112,112\r\n800", (40, 112, 112, 800)),
+    ],
+)
+def test_property_in_both_layouts(tmp_path, text, expected):
+    (tmp_path / "property").write_text(text)
+    prop = R.read_property(tmp_path / "property")
+    assert prop == expected and prop.num_classes == expected[0]
+
+
+@pytest.mark.parametrize("text", ["40,112\n", "40,112,112\n800\n3\n", "40,112,112\nmany\n", ""])
+def test_malformed_property_names_the_file(tmp_path, text):
+    (tmp_path / "property").write_text(text)
+    with pytest.raises(R.RecordIOError, match=r"property: expected 'num_classes,height,width'"):
+        R.read_property(tmp_path / "property")
+
+
+def test_rec_builder_layout_trains_and_its_count_is_checked(good_set):
+    # insightface's rec_builder: images at keys 0..n-1 (no header record), property in 2 lines
+    prop = good_set.parent / "property"
+    prop.write_text("2,8,8\n6\n")
+    keys, labels, report = R.scan_record_set(good_set.parent)
+    assert keys == list(range(6)) and report.n_identities == 2
+    prop.write_text("2,8,8\n7\n")  # a set cut short, or another set's property
+    with pytest.raises(R.RecordIOError, match=r"property: says 7 images, but train.idx indexes 6"):
+        R.scan_record_set(good_set.parent)
+
+
 def _corrupt_idx(rec: Path, key: int, new_offset: int) -> None:
     idx = rec.with_suffix(".idx")
     lines = [
@@ -345,7 +377,7 @@ def test_pack_writes_insightface_layout(packed, tiny_synthetic):
     assert sorted(p.name for p in packed.iterdir()) == ["identities.txt", "property", "train.idx", "train.rec"]  # fmt: skip
     names = sorted(p.name for p in tiny_synthetic.iterdir() if p.is_dir())
     assert (packed / "identities.txt").read_text().splitlines() == names
-    assert R.read_property(packed / "property") == (6, 32, 32)
+    assert R.read_property(packed / "property") == (6, 32, 32, 24)  # rec_builder's 2 lines
     r = R.IndexedRecordReader(packed / "train.rec")
     h0, rest = R.unpack_image(r.read(0))
     assert h0.flag == 2 and h0.label.tolist() == [25, 31] and rest == b""
