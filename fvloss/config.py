@@ -47,6 +47,13 @@ def _opt(
 class Config:
     """Every setting of a training run. Defaults: the course assignment's experiment."""
 
+    # a published recipe's provenance (recipes/papers/): printed by --dry-run, kept in config.json
+    source: str = _opt("", "where the recipe's settings come from (paper, code, config file)")
+    published: str = _opt("", "the numbers the recipe's source reports")
+    hardware: str = _opt("", "the hardware the source trained on")
+    expect_images: int = _opt(0, "the data set's image count the recipe expects (0: any); "
+                              "--dry-run's steps come from it, a different count is reported")  # fmt: skip
+    expect_identities: int = _opt(0, "... and its identity count")
     # what to train
     loss: str = _opt("softmax", "the cost function: a registered loss (choices below)")
     name: str = _opt("", "run-folder prefix; default: the loss")
@@ -86,13 +93,43 @@ class Config:
     )
     stream: bool = _opt(False, "millions of images: the index as flat arrays in RUN/index (rank 0 "
                         "scans once, every rank maps it), images read one by one")  # fmt: skip
-    # optimisation
+    # optimisation (fvloss.optim, fvloss.callbacks.schedule and .optim say what each does)
     bs: int = _opt(64, "batch size per process")
     epochs: int = _opt(10, "training epochs")
-    lr: float | None = _opt(None, "learning rate; none: lr_find's suggestion")
+    lr: float | None = _opt(None, "learning rate (the body's); none: lr_find's suggestion")
+    lr_batch: int = _opt(0, "lr is given for this global batch (bs x processes x accum) and "
+                         "scaled linearly to the run's; 0: as given")  # fmt: skip
     lr_find_iters: int = _opt(100, "lr_find's iterations")
-    wd: float = _opt(0.0, "weight decay")
-    schedule: str = _opt("one_cycle", "lr schedule", ("one_cycle", "flat"))
+    opt: str = _opt("adam", "optimiser: adam (fastai's, decoupled wd), adamw, sgd (torch's)",
+                    ("adam", "adamw", "sgd"))  # fmt: skip
+    momentum: float = _opt(0.9, "SGD momentum / Adam beta1 (one_cycle schedules it instead)")
+    nesterov: bool = _opt(False, "SGD: Nesterov momentum")
+    beta2: float | None = _opt(
+        None, "Adam(W) beta2; none: the optimiser's (adam 0.99, adamw 0.999)"
+    )
+    eps: float | None = _opt(None, "Adam(W) eps; none: the optimiser's (adam 1e-5, adamw 1e-8)")
+    wd: float = _opt(0.0, "weight decay (decoupled for adam/adamw, L2 for sgd)")
+    wd_exclude: list[str] = _opt(help="no weight decay for: norm (BatchNorm, LayerNorm), bias, "
+                                 "prelu; [] decays all (arcface_torch), [\"norm\"] AdaFace",
+                                 choices=("norm", "bias", "prelu"),
+                                 factory=lambda: ["norm", "bias"])  # fmt: skip
+    head_lr: float = _opt(1.0, "the head's lr as a multiple of the body's")
+    schedule: str = _opt("one_cycle", "lr schedule, stepped per batch",
+                         ("one_cycle", "flat", "cosine", "poly", "step"))  # fmt: skip
+    warmup_epochs: float = _opt(
+        0.0, "linear warm-up from 0 (one_cycle: its rise, else a quarter of training)"
+    )
+    warmup_steps: int = _opt(0, "... or in steps (batches)")
+    poly_power: float = _opt(2.0, "poly: lr x (1 - progress) ** power")
+    milestones: list[float] = _opt(help="step: epochs at which the lr is multiplied by step_factor",
+                                   factory=list)  # fmt: skip
+    step_factor: float = _opt(0.1, "step: the factor at each milestone")
+    clip: float = _opt(0.0, "clip the gradient 2-norm to this (0: off)")
+    clip_part: str = _opt("body", "clip the embedder's gradients (arcface_torch) or all",
+                          ("body", "all"))  # fmt: skip
+    accum: int = _opt(1, "gradient accumulation: one optimiser step per this many batches")
+    init: str | None = _opt(None, "start from these weights (fine-tuning): a run folder, or "
+                            "insightface:PATH.pth for arcface_torch's released backbones")  # fmt: skip
     precision: str = _opt("auto", "auto: measured on this machine (bf16/fp16 only where faster)")
     channels_last: bool = _opt(True, "channels_last memory format")
     compile: bool = _opt(False, "torch.compile the body (slower on the 2-core CPU measured)")
@@ -157,7 +194,6 @@ LEGACY_KEYS: dict[str, tuple[str, str]] = {
     "center_alpha": ("center", "alpha"),
 }
 _FIELDS = {f.name: f for f in fields(Config)}
-SCHEDULES = _FIELDS["schedule"].metadata["choices"]
 
 # The defaults, once: ``face_dls`` and ``face_learner`` (the notebook API) take theirs from here,
 # so a notebook and ``fvloss train`` build the same run (tests/test_config.py compares them).

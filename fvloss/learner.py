@@ -13,17 +13,19 @@ import torch
 from fastai.callback.core import Callback
 from fastai.callback.schedule import LRFinder, ParamScheduler, valley
 from fastai.learner import Learner, Recorder
-from fastai.optimizer import Adam
 from fastai.torch_core import get_model
 from fastcore.foundation import L
 
 from .callbacks.margin import MarginSchedule
+from .callbacks.optim import Accumulate, ClipGradNorm, GroupHypers
+from .callbacks.schedule import LRSchedule, Schedule
 from .callbacks.timing import TimeBreakdown
 from .callbacks.verify import HeldOutPairs, VerifyPairs
 from .config import DEFAULTS
 from .data.seeded import SetEpoch
 from .losses import LOSSES, loss_spec
 from .model import EmbeddingNet, FaceNet
+from .optim import make_opt_func, param_groups
 
 __all__ = ["face_learner", "FaceLearner", "FaceRecorder", "KeptLRFinder", "LOSSES"]
 
@@ -97,6 +99,15 @@ class FaceLearner(Learner):
             self.recorder.plot_lr_find(suggestions=[p for _, p in found], nms=names)
         return collections.namedtuple("SuggestedLRs", names)(*[lr for lr, _ in found])
 
+    def fit_schedule(
+        self, n_epoch: int, schedule: Schedule, start_epoch: int = 0, cbs: list | None = None
+    ) -> None:
+        """Fit ``n_epoch`` epochs under ``schedule`` (:class:`~fvloss.callbacks.schedule.Schedule`:
+        ``one_cycle``, ``flat``, ``cosine``, ``poly`` or ``step``, with its warm-up), stepped
+        per batch; what ``fvloss train`` runs."""
+        self.fit(n_epoch, schedule.lr, start_epoch=start_epoch,
+                 cbs=[LRSchedule(schedule, self.moms), *(cbs or [])])  # fmt: skip
+
     def _do_one_batch(self) -> None:
         if self.training or not self.held_out:
             return super()._do_one_batch()
@@ -148,8 +159,18 @@ def face_learner(
     img_size: int | None = None,
     val_pairs: int | None = DEFAULTS.val_pairs,
     seed: int = DEFAULTS.seed,
-    opt_func: Callable = Adam,
+    opt: str = DEFAULTS.opt,
+    momentum: float = DEFAULTS.momentum,
+    nesterov: bool = DEFAULTS.nesterov,
+    beta2: float | None = DEFAULTS.beta2,
+    eps: float | None = DEFAULTS.eps,
     wd: float = DEFAULTS.wd,
+    wd_exclude: list[str] | tuple[str, ...] = tuple(DEFAULTS.wd_exclude),
+    head_lr: float = DEFAULTS.head_lr,
+    clip: float = DEFAULTS.clip,
+    clip_part: str = DEFAULTS.clip_part,
+    accum: int = DEFAULTS.accum,
+    opt_func: Callable | None = None,
     channels_last: bool = DEFAULTS.channels_last,
     compile: bool = DEFAULTS.compile,
     held_out: bool | None = None,
@@ -183,7 +204,16 @@ def face_learner(
         seed: the seed of that draw (the runner passes the run's seed).
         margin_hold, margin_warmup: the margin schedule of heads with margins (``head.margins``)
             (:class:`~fvloss.callbacks.margin.MarginSchedule`); 0, 0 = the full margin throughout.
+        opt, momentum, nesterov, beta2, eps: the optimiser (:data:`fvloss.optim.OPTIMIZERS`:
+            ``"adam"`` fastai's, ``"adamw"`` and ``"sgd"`` torch's) and its settings;
+            ``opt_func`` (any fastai ``opt_func``) replaces them.
         wd: weight decay; 0 like the assignment's ``torch.optim.Adam``.
+        wd_exclude: parameters spared weight decay: ``"norm"``, ``"bias"``, ``"prelu"``
+            (fastai's default: norm and bias; arcface_torch: none; AdaFace: norm).
+        head_lr: the head's lr as a multiple of the body's (the lr you pass to ``fit``).
+        clip, clip_part: clip the gradient 2-norm of the embedder (``"body"``) or of
+            everything (``"all"``) to ``clip`` before each step (0: off).
+        accum: one optimiser step per ``accum`` batches (gradient accumulation).
         channels_last: NHWC weights, faster for convolutions on CPU and tensor cores.
         compile: ``torch.compile`` the body in place (its weights keep their names, so
             checkpoints and ``model.pth`` do not change). Measured slower on this project's
@@ -217,22 +247,35 @@ def face_learner(
         cbs = [VerifyPairs(HeldOutPairs(n_pairs=val_pairs, seed=seed)), *cbs]
     if held_out is None:
         held_out = hasattr(dls, "valid_identities")
+    groups = param_groups(model, wd_exclude, head_lr)
+    if not groups.plain:  # each group's lr multiple and weight-decay switch, at each step
+        cbs.append(GroupHypers(groups.lr_mults, groups.decay))
+    if clip:
+        cbs.append(ClipGradNorm(clip, clip_part))
+    if accum > 1:
+        cbs.append(Accumulate(accum))
     learn = FaceLearner(
         dls,
         model,
         loss_func=head,
-        opt_func=opt_func,
+        opt_func=opt_func or make_opt_func(opt, momentum, nesterov, beta2, eps),
+        splitter=groups.splitter,
         wd=wd,
+        wd_bn_bias=True,  # fastai's own sparing of norm and bias: wd_exclude decides instead
         cbs=cbs,
         metrics=list(metrics or []),
         held_out=held_out,
         **kwargs,
     )
+    learn.param_groups = groups
     learn.settings = {
         "loss": loss, "arch": arch, "emb_dim": emb_dim, "pretrained": pretrained,
         "dropout": dropout, "loss_settings": {loss: {**spec.settings, **(settings or {})}},
         "partial_fc": partial_fc or 0.0, "margin_hold": margin_hold,
-        "margin_warmup": margin_warmup, "val_pairs": val_pairs or 0, "seed": seed, "wd": wd,
-        "channels_last": channels_last, "compile": compile,
+        "margin_warmup": margin_warmup, "val_pairs": val_pairs or 0, "seed": seed,
+        "opt": opt, "momentum": momentum, "nesterov": nesterov, "beta2": beta2, "eps": eps,
+        "wd": wd, "wd_exclude": list(wd_exclude), "head_lr": head_lr, "clip": clip,
+        "clip_part": clip_part, "accum": accum, "channels_last": channels_last,
+        "compile": compile,
     }  # fmt: skip
     return learn

@@ -123,6 +123,9 @@ class LossSpec:
                 raise ValueError(
                     f"{where}{self.name}.{k} = {v!r}: expected a value like {known[k]!r}"
                 )
+            allowed = getattr(self.head, "choices", {}).get(k)
+            if allowed and v not in allowed:
+                raise ValueError(f"{where}{self.name}.{k} = {v!r}: one of {list(allowed)}")
 
     def resolve(
         self, settings: dict[str, Any] | None = None

@@ -12,10 +12,11 @@ import torch
 from fastcore.foundation import L
 from torch import nn
 
+from .bodies.insightface import load_insightface
 from .data.transforms import EvalTransform
 from .model import EmbeddingNet
 
-__all__ = ["Run", "load_run"]
+__all__ = ["Run", "init_weights", "load_run"]
 
 
 @dataclass
@@ -85,3 +86,22 @@ def load_run(
     return Run(
         run_dir, cfg, model, EvalTransform(cfg["img_size"], cfg["mean"], cfg["std"]), metrics
     )
+
+
+def init_weights(source: str, arch: str) -> dict[str, torch.Tensor]:
+    """The embedder weights ``init`` names, for fine-tuning: ``insightface:PATH.pth`` (an
+    arcface_torch backbone, :func:`fvloss.bodies.insightface.load_insightface`) or a run folder
+    (its ``model.pth``, or its last checkpoint). Keys are :class:`~fvloss.model.EmbeddingNet`'s."""
+    if source.startswith("insightface:"):
+        return load_insightface(source.removeprefix("insightface:"), arch)
+    run_dir = Path(source)
+    path = run_dir / "model.pth"
+    if not path.exists():
+        path = run_dir / "checkpoints" / "last.pth"
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{source}: init must be a run folder (with model.pth) or insightface:PATH.pth"
+        )
+    state = _load_weights(path)
+    state = state.get("model", state)
+    return {k.removeprefix("embedder."): v for k, v in state.items() if k.startswith("embedder.")}

@@ -42,10 +42,11 @@ from .data.transforms import EvalTransform
 from .eval.plots import score_histogram_figure, training_figure
 from .eval.protocols import read_pairs
 from .eval.report import RunMetrics, write_outputs, write_pair_figures
-from .experiment import check_config, loss_settings
+from .experiment import check_config, loss_settings, scaled_lr, schedule_of
 from .jsonio import read_json, write_json
 from .learner import face_learner
 from .runlock import RunLock
+from .runs import init_weights
 
 __all__ = ["run", "RunResult", "PlainTable", "save_lr_plot"]
 
@@ -204,9 +205,14 @@ def make_learner(cfg: Config, dls, run_dir: Path):
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained,
         dropout=cfg.dropout, settings=cfg.loss_settings.get(cfg.loss),
         partial_fc=cfg.partial_fc, margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
-        val_pairs=cfg.val_pairs, seed=cfg.seed, wd=cfg.wd, channels_last=cfg.channels_last,
-        compile=cfg.compile, cbs=list(pair_cbs.values()), path=run_dir, model_dir="checkpoints",
+        val_pairs=cfg.val_pairs, seed=cfg.seed, opt=cfg.opt, momentum=cfg.momentum,
+        nesterov=cfg.nesterov, beta2=cfg.beta2, eps=cfg.eps, wd=cfg.wd,
+        wd_exclude=cfg.wd_exclude, head_lr=cfg.head_lr, clip=cfg.clip, clip_part=cfg.clip_part,
+        accum=cfg.accum, channels_last=cfg.channels_last, compile=cfg.compile,
+        cbs=list(pair_cbs.values()), path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
+    if cfg.init and not cfg.resume:  # fine-tuning: a resumed run has its own weights
+        _init_embedder(cfg, learn)
     if not cfg.progress or not ranks.is_main():  # logs and CI: one plain line per epoch, not bars
         learn.remove_cb(learn.progress)
         learn.logger = PlainTable(learn) if ranks.is_main() else (lambda *a, **k: None)
@@ -215,6 +221,21 @@ def make_learner(cfg: Config, dls, run_dir: Path):
             cfg.guard_factor, cfg.guard_patience, cfg.guard_warmup, every=cfg.guard_every or None
         ))  # fmt: skip
     return learn, pair_cbs
+
+
+def _init_embedder(cfg: Config, learn) -> None:
+    """Load ``cfg.init``'s embedder weights: every tensor whose name and shape fit this run's
+    embedder; the rest (an embedding layer of another width or image size) stay as initialised,
+    and the log says which. A body whose tensors do not fit at all is an error."""
+    state = init_weights(cfg.init, cfg.arch)
+    own = learn.model.embedder.state_dict()
+    fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not any(k.startswith("body.") for k in fits):
+        raise ValueError(f"{cfg.init}: none of its body's weights fit {cfg.arch}")
+    learn.model.embedder.load_state_dict(fits, strict=False)
+    left = sorted(set(own) - set(fits))
+    _log(f"init: {len(fits)} of {len(own)} embedder tensors from {cfg.init}"
+         + (f"; as initialised: {', '.join(left[:6])}{' ...' if len(left) > 6 else ''}" if left else ""))  # fmt: skip
 
 
 # -- precision ----------------------------------------------------------------------------------
@@ -284,7 +305,11 @@ def learning_rate(cfg: Config, learn, run_dir: Path) -> float:
     """``cfg.lr``, or lr_find's valley (weights restored afterwards; under DDP one search over
     the global batch on every rank, rank 0's suggestion broadcast), plotted to ``lr_find.png``."""
     if cfg.lr is not None:
-        return cfg.lr
+        lr = scaled_lr(cfg, ranks.world_size())
+        if cfg.lr_batch:
+            _log(f"lr {cfg.lr:g} given for a global batch of {cfg.lr_batch}: {lr:.4g} for this "
+                 f"run's {cfg.bs * ranks.world_size() * cfg.accum}")  # fmt: skip
+        return lr
     _log(f"lr_find ({cfg.lr_find_iters} iterations; weights are restored afterwards)")
     sugg = learn.lr_find(num_it=cfg.lr_find_iters, suggest_funcs=(valley,), show_plot=False)
     lr = ranks.broadcast(float(sugg.valley))
@@ -307,9 +332,6 @@ def _record_settings(cfg: Config, learn, dls, run_dir: Path, data: Path, lr: flo
 
 
 # -- fit ----------------------------------------------------------------------------------------
-FITS = {"one_cycle": "fit_one_cycle", "flat": "fit_flat_cos"}  # config.SCHEDULES
-
-
 def fit(cfg: Config, learn, lr: float, resumed: Resumed | None) -> float:
     """Train the remaining epochs with checkpoints; SIGTERM (a scheduler's preemption) / SIGINT
     checkpoint after the step and stop (exit 143 / 130). Returns the seconds it took."""
@@ -320,9 +342,8 @@ def fit(cfg: Config, learn, lr: float, resumed: Resumed | None) -> float:
                           trained_s=resumed.trained_s if resumed else 0.0)  # fmt: skip
         if start < cfg.epochs:
             extra = [resumed.callback] if resumed is not None else []
-            getattr(learn, FITS[cfg.schedule])(
-                cfg.epochs, lr, start_epoch=start, cbs=[ckpt, *extra]
-            )
+            learn.fit_schedule(cfg.epochs, schedule_of(cfg, lr), start_epoch=start,
+                               cbs=[ckpt, *extra])  # fmt: skip
     return time.time() - t_fit
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -110,7 +111,7 @@ def test_invalid_and_missing_toml(tmp_path):
 def test_scale_flags_accept_auto():
     cfg, _ = resolve_config(["--data", "d", "--loss", "arcface", "--arcface-s", "auto"])
     assert cfg.loss_settings == {"arcface": {"s": "auto"}}
-    assert loss_settings(cfg) == {"s": "auto", "m": 0.5, "easy_margin": False, "eps": 1e-7}
+    assert loss_settings(cfg) == {"s": "auto", "m": 0.5, "easy_margin": False, "eps": 1e-7, "grad": "paper"}
     cfg, _ = resolve_config(
         ["--data", "d", "--loss", "cosface", "--cosface-s", "30", "--cosface-m", "0.2"]
     )
@@ -145,7 +146,20 @@ def test_loss_tables_in_toml_merge_with_extends_and_flags(tmp_path):
         ("[tripletface]\nm = 0.5\n", r"\[tripletface\] is not a loss"),
         ("arcface_s = 30\n", r"`arcface_s` is now `s` in a \[arcface\] table"),
         ('loss = "tripletface"\n', "unknown loss 'tripletface'"),
-        ('schedule = "cosine"\n', "schedule must be one of"),
+        ('schedule = "cyclic"\n', "schedule must be one of"),
+        ('opt = "lamb"\n', "opt must be one of"),
+        ('opt = "adam"\nnesterov = true\n', "nesterov momentum is an SGD setting"),
+        ('opt = "sgd"\nnesterov = true\nmomentum = 0.0\n', "nesterov needs momentum > 0"),
+        ('schedule = "step"\n', "the step schedule needs milestones"),
+        ('schedule = "step"\nmilestones = [8, 4]\n', "milestones must be increasing"),
+        ('schedule = "step"\nmilestones = [4, 80]\n', "go past the last epoch"),
+        ('schedule = "poly"\nmilestones = [4]\n', "milestones are the step schedule's"),
+        ('schedule = "poly"\nwarmup_epochs = 1\nwarmup_steps = 5\n', "epochs or in steps"),
+        ('schedule = "flat"\nwarmup_steps = 5\n', "flat has no warm-up"),
+        ("lr_batch = 1024\n", "lr_batch scales a given lr"),
+        ("lr = 0.1\naccum = 0\n", "accum >= 1"),
+        ('wd_exclude = ["norm", "conv"]\n', "wd_exclude must be one of"),
+        ('clip_part = "head"\n', "clip_part must be one of"),
         ('precision = "fp8"\n', "precision must be one of"),
         ('arch = "resnet35"\n', "unknown arch 'resnet35'"),
         ("partial_fc = 1.5\n", r"partial_fc is a sample rate in \(0, 1\]"),
@@ -158,13 +172,23 @@ def test_bad_settings_are_errors_before_any_data_is_read(tmp_path, text, message
         resolve_config(["--config", str(toml)])
 
 
+def test_the_config_names_every_optimiser_and_schedule_its_registry_has():
+    from fvloss.callbacks.schedule import SCHEDULES
+    from fvloss.optim import OPTIMIZERS, WD_EXCLUDE
+
+    choices = {f.name: f.metadata["choices"] for f in fields(Config)}
+    assert choices["opt"] == tuple(OPTIMIZERS)
+    assert choices["schedule"] == tuple(SCHEDULES)
+    assert choices["wd_exclude"] == tuple(WD_EXCLUDE)
+
+
 def test_saved_configs_from_before_loss_tables_still_load():
     old = {**Config().to_dict(), "loss": "arcface"}
     del old["loss_settings"]
     old.update(arcface_s="auto", arcface_m=0.4, easy_margin=False, cosface_s=64.0,
                cosface_m=0.35, center_lam=0.003, center_alpha=0.5)  # fmt: skip
     cfg = Config.from_saved(old)
-    assert loss_settings(cfg) == {"s": "auto", "m": 0.4, "easy_margin": False, "eps": 1e-7}
+    assert loss_settings(cfg) == {"s": "auto", "m": 0.4, "easy_margin": False, "eps": 1e-7, "grad": "paper"}
 
 
 @pytest.mark.parametrize(
@@ -283,7 +307,9 @@ RUN_LEVEL = {
     "guard", "guard_factor", "guard_patience", "guard_warmup", "guard_every", "deterministic",
     "pairs", "pairs_root", "pairs_format", "pairs_every", "flip_tta", "val_bins",
     "val_bins_every", "out", "run_dir", "resume", "checkpoint_steps", "checkpoint_minutes",
-    "progress", "log",
+    "progress", "log", "lr_batch", "warmup_epochs", "warmup_steps", "poly_power", "milestones",
+    "step_factor", "init", "source", "published", "hardware", "expect_images",
+    "expect_identities",
 }  # fmt: skip
 
 

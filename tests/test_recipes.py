@@ -484,3 +484,72 @@ def test_recipe_module_runs_with_python_dash_m():
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "python -m fvloss.recipes.adaface" in p.stdout and "--adaface-h" in p.stdout
+
+
+# -- the papers' way: SGD, poly with warm-up, clipping, accumulation, --init, --dry-run -------
+@pytest.mark.slow
+def test_papers_settings_train_from_init_and_resume(softmax_run, syn, tmp_path):
+    """torch's SGD with a poly schedule, lr scaled from a reference batch, clipping, two
+    batches a step, fine-tuned from another run's embedder (--init), then resumed."""
+    out = tmp_path / "runs"
+    extra = ["--lr", "0.4", "--lr-batch", "128", "--opt", "sgd", "--nesterov", "--wd", "5e-4",
+             "--wd-exclude", "norm", "--schedule", "poly", "--warmup-steps", "2", "--clip", "5",
+             "--accum", "2", "--init", str(softmax_run), "--epochs", "2"]  # fmt: skip
+    assert arcface.main(argv(syn, out, *extra)) == 0
+    run_dir = only_run_dir(out)
+    cfg = read_json(run_dir / "config.json")
+    assert cfg["lr"] == pytest.approx(0.4 * 16 * 2 / 128)  # bs 16, accum 2, for 128
+    assert (cfg["opt"], cfg["schedule"], cfg["wd_exclude"], cfg["accum"]) == (
+        "sgd",
+        "poly",
+        ["norm"],
+        2,
+    )
+    # the embedder started from the softmax run's (its body; the 16-d neck fits too)
+    assert arcface.main(["--resume", str(run_dir), "--epochs", "3", "--progress", "false"]) == 0
+    assert read_json(run_dir / "checkpoints" / "last.json")["epoch"] == 3
+
+
+def test_init_copies_the_embedder(softmax_run, syn, tmp_path, capsys):
+    from fvloss.cli.train import resolve_config
+    from fvloss.data import face_dls
+    from fvloss.train import make_learner
+
+    cfg, _ = resolve_config(argv(syn, tmp_path, "--lr", "1e-3", "--init", str(softmax_run)))
+    dls = face_dls(syn, img_size=32, bs=16, num_workers=0)
+    learn, _ = make_learner(cfg, dls, tmp_path)
+    source = torch.load(softmax_run / "model.pth", weights_only=True)
+    for k, v in learn.model.embedder.state_dict().items():
+        assert torch.equal(v, source[f"embedder.{k}"]), k
+    assert "init: " in capsys.readouterr().out
+
+
+PAPERS = sorted((Path(__file__).parents[1] / "recipes" / "papers").glob("*.toml"))
+
+
+@pytest.mark.parametrize(
+    "recipe", [p for p in PAPERS if p.name != "base.toml"], ids=lambda p: p.stem
+)
+def test_every_paper_recipe_resolves_and_prints_its_schedule(recipe, capsys):
+    from fvloss.cli.train import main
+
+    assert main(["--config", str(recipe), "--dry-run", "--world", "8"]) == 0
+    out = capsys.readouterr().out
+    cfg, _ = __import__("fvloss.cli.train", fromlist=["x"]).resolve_config(
+        ["--config", str(recipe)]
+    )
+    assert cfg.source and cfg.published and cfg.expect_images and cfg.opt == "sgd"
+    assert f"batch: {cfg.bs} per process x 8" in out and "| last step" in out
+    assert "steps:" in out and "images seen:" in out
+
+
+def test_paper_recipes_cover_the_issue_list():
+    names = {p.stem for p in PAPERS}
+    assert {"base", "arcface_ir50_ms1mv2", "arcface_ir100_ms1mv2", "glint360k_r100_pfc",
+            "cosface_ir50_ms1mv2", "adaface_ir101_ms1mv2", "adaface_ir100_webface4m",
+            "magface_ir100_ms1mv2", "curricularface_ir100_ms1mv2", "arcface_ir50_casia"} <= names  # fmt: skip
+
+
+def test_dry_run_without_the_data_size_is_a_clear_error(tmp_path, capsys):
+    assert arcface.main(["--data", str(tmp_path), "--lr", "0.1", "--dry-run"]) == 2
+    assert "--dry-run needs the data set's size" in capsys.readouterr().err

@@ -217,6 +217,7 @@ class Checkpoint(Callback):
                 stacklevel=2,
             )
         self._last_save, self._steps, self._at_train_end = time.monotonic(), 0, None
+        self._due = False  # a checkpoint due while gradients accumulate, written at the step
         self._t_fit = time.monotonic()
 
     def before_epoch(self) -> None:
@@ -236,9 +237,13 @@ class Checkpoint(Callback):
             return
         self._steps += 1
         batch = getattr(self.dl, "start_batch", 0) + self.iter + 1
-        due = (self.every_steps and self._steps % self.every_steps == 0) or (
+        due = self._due or (self.every_steps and self._steps % self.every_steps == 0) or (
             self.every_minutes and time.monotonic() - self._last_save >= 60 * self.every_minutes
         )
+        if getattr(self.learn, "accumulating", False):  # gradients pending (callbacks.optim
+            self._due = bool(due)  # .Accumulate) are not in a checkpoint: wait for the step
+            return
+        self._due = False
         due = self._together(due)
         if self.mid_epoch and (due or self._signalled()):
             self._save(self.epoch, batch)
@@ -451,13 +456,41 @@ def model_state(learn: Learner) -> tuple[dict, dict | None]:
     own = {id(p): head for _, p, head in sharded_parameters(model) if head.world > 1}
     if own:
         params = [p for p, *_ in learn.opt.all_params()]
-        opt["state"] = [
-            {k: own[id(p)].gather_rows(v) if _rows_of(v, p) else v for k, v in sorted(st.items())}
-            if id(p) in own
-            else st
-            for p, st in zip(params, opt["state"], strict=True)
-        ]
+
+        def gathered(p, st):
+            if id(p) not in own:
+                return st
+            return {k: own[id(p)].gather_rows(v) if _rows_of(v, p) else v
+                    for k, v in sorted(st.items())}  # fmt: skip
+
+        if isinstance(opt["state"], dict):  # torch's (OptimWrapper): {index: state}, indexes
+            # numbering the parameters in group order, as all_params lists them
+            opt["state"] = {i: gathered(params[i], st) for i, st in sorted(opt["state"].items())}
+        else:  # fastai's: one state per parameter, in order
+            opt["state"] = [gathered(p, st) for p, st in zip(params, opt["state"], strict=True)]
     return weights, opt
+
+
+def _param_states(opt) -> dict:
+    """``{parameter: its state}`` of a fastai optimiser or of the torch one an ``OptimWrapper``
+    wraps (the wrapper's own ``state`` is fastai bookkeeping the step never reads)."""
+    inner = getattr(opt, "opt", None)
+    return inner.state if isinstance(inner, torch.optim.Optimizer) else opt.state
+
+
+def _regrouped(sd: dict, learn: Learner) -> dict:
+    """A fastai optimiser state written with one parameter group (before ``wd_exclude`` and
+    ``head_lr`` made groups) for this learner's groups: its per-parameter states, listed in the
+    model's order, are matched to the parameters they belong to."""
+    groups = learn.opt.param_lists
+    if "hypers" not in sd or len(sd["hypers"]) != 1 or len(groups) == 1:
+        return sd
+    model_order = [p for p in get_model(learn.model).parameters() if p.requires_grad]
+    if len(model_order) != len(sd["state"]):
+        return sd  # not that layout: load_state_dict says what does not fit
+    state = {id(p): st for p, st in zip(model_order, sd["state"], strict=True)}
+    return {"state": [state[id(p)] for g in groups for p in g],
+            "hypers": [dict(sd["hypers"][0]) for _ in groups]}  # fmt: skip
 
 
 def _rows_of(v: Any, p: torch.Tensor) -> bool:
@@ -473,12 +506,13 @@ def restore_weights(learn: Learner, state: dict[str, Any]) -> None:
         if "opt" in state:
             if learn.opt is None:
                 learn.create_opt()
-            learn.opt.load_state_dict(state["opt"])
+            learn.opt.load_state_dict(_regrouped(state["opt"], learn))
+            states = _param_states(learn.opt)
             for _, p, head in sharded_parameters(get_model(learn.model)):  # this rank's rows
-                st = learn.opt.state[p]  # (the checkpoint's own dict: not edited in place)
+                st = states[p]  # (the checkpoint's own dict: not edited in place)
                 mine = {k: head.own_rows(v) for k, v in st.items() if _rows_of(v, p)}
                 mine = {k: v.clone() if v.shape != st[k].shape else v for k, v in mine.items()}
-                learn.opt.state[p] = {**st, **mine}
+                states[p] = {**st, **mine}
     except (KeyError, TypeError, ValueError, RuntimeError) as e:  # another model
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ValueError(

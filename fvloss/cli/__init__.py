@@ -25,6 +25,10 @@ COMMANDS = {
         "fvloss.cli.export",
         "export a run's embedder to ONNX: fvloss export RUN --onnx FILE",
     ),
+    "import-weights": (
+        "fvloss.cli.import_weights",
+        "a released backbone as a run folder: fvloss import-weights insightface:FILE.pth",
+    ),
     "pack": (
         "fvloss.cli.pack",
         "write an identity folder as RecordIO: fvloss pack FOLDER OUT_DIR",
@@ -36,7 +40,8 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = ["usage: fvloss COMMAND [ARGS...]", "", "commands:"]
-    lines += [f"  {name:<10} {desc}" for name, (_, desc) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))  # import-weights is the longest name
+    lines += [f"  {name:<{width}} {desc}" for name, (_, desc) in COMMANDS.items()]
     return "\n".join(lines)
 
 

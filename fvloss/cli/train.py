@@ -15,12 +15,13 @@ import sys
 from dataclasses import fields
 from typing import Any
 
+from .. import ranks
 from ..bodies import BODIES
 from ..callbacks.checkpoint import RunInterrupted
 from ..callbacks.guard import TrainingDiverged
 from ..callbacks.precision import PRECISIONS
 from ..config import Config
-from ..experiment import load_experiment, resolve
+from ..experiment import load_experiment, plan, resolve
 from ..losses import LOSSES
 from ..train import run
 from .parser import Parser, quiet_library_warnings
@@ -82,10 +83,23 @@ def build_parser(prog: str, description: str = "") -> argparse.ArgumentParser:
         elif f.name == "val_bins":
             kw.update(nargs="+", metavar="BIN")
         else:
-            kw["type"] = int if t.startswith("int") else float if t.startswith("float") else str
+            item = t[5:-1] if t.startswith("list[") else t  # a list's items' type
+            kw["type"] = (
+                int if item.startswith("int") else float if item.startswith("float") else str
+            )
         if t.startswith("list"):
-            kw["nargs"] = "+"
+            kw["nargs"] = "*"  # none given: the empty list (e.g. --wd-exclude: decay everything)
         ap.add_argument(flag, **kw)
+    ap.add_argument(
+        "--dry-run", action="store_true",
+        help="resolve the settings and print the schedule (steps, lr at its landmarks, images "
+        "seen) without reading data or training; default off",
+    )  # fmt: skip
+    ap.add_argument(
+        "--world", type=int, metavar="N",
+        help="--dry-run: the number of processes (GPUs) the run will have; default this "
+        "launch's (1 unless under torchrun)",
+    )  # fmt: skip
     for name, spec in LOSSES.items():
         group = ap.add_argument_group(f"{name} settings ({spec.summary})")
         docs = spec.setting_docs()
@@ -113,12 +127,20 @@ def _help(f: dataclasses.Field) -> str:
 
 
 def resolve_config(
-    argv: list[str] | None, recipe: dict[str, Any] | None = None, prog: str = "fvloss train"
+    argv: list[str] | None,
+    recipe: dict[str, Any] | None = None,
+    prog: str = "fvloss train",
+    options: dict[str, Any] | None = None,
 ) -> tuple[Config, dict[str, str]]:
     """Parse ``argv`` (``--config FILE`` and flags) and layer it over the defaults and the
     recipe's settings (:func:`fvloss.experiment.resolve`); returns the config and where each
-    non-default setting came from."""
+    non-default setting came from. ``options`` receives the command's own options given
+    (``dry_run``, ``world``)."""
     args = vars(build_parser(prog).parse_args(argv))
+    for k in ("dry_run", "world"):  # options of this command, not settings of the run
+        value = args.pop(k, None)
+        if options is not None and value is not None:
+            options[k] = value
     toml = load_experiment(args.pop("config")) if "config" in args else {}
     flag_tables: dict[str, dict[str, Any]] = {}
     for k in [k for k in args if "." in k]:
@@ -142,7 +164,11 @@ def main(
     """
     quiet_library_warnings()
     try:
-        cfg, source = resolve_config(argv, recipe, prog=prog)
+        options: dict[str, Any] = {}
+        cfg, source = resolve_config(argv, recipe, prog=prog, options=options)
+        if options.get("dry_run"):
+            print(plan(cfg, options.get("world") or ranks.world_size()))
+            return 0
         run(cfg, source)
     except Exception as e:
         status = _stop_status(e)

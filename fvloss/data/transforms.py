@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from typing import Any
 
 # (fvloss/__init__.py has set NO_ALBUMENTATIONS_UPDATE: albumentations' import makes no network call)
 import albumentations as A
+import cv2
 import numpy as np
 import torch
 from fastai.data.transforms import Transform
@@ -52,6 +54,72 @@ def train_pipeline(
     return A.Compose([*tfms, _normalize(mean, std)])
 
 
+class ZeroPadCrop(A.ImageOnlyTransform):
+    """AdaFace's crop augmentation (``dataset/augmenter.py``): a ``RandomResizedCrop``
+    rectangle (area ``scale``, aspect ``ratio``) is kept where it is and at its size, the rest of
+    the image set to zero, so the face's scale does not change but parts of it go missing."""
+
+    def __init__(self, scale=(0.2, 1.0), ratio=(0.75, 4 / 3), p: float = 0.5):
+        super().__init__(p=p)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+
+    def get_params_dependent_on_data(self, params: dict, data: dict) -> dict:
+        h, w = params["shape"][:2]
+        for _ in range(10):  # torchvision's RandomResizedCrop.get_params
+            area = h * w * self.py_random.uniform(*self.scale)
+            aspect = math.exp(
+                self.py_random.uniform(math.log(self.ratio[0]), math.log(self.ratio[1]))
+            )
+            cw, ch = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                return {
+                    "box": (
+                        self.py_random.randint(0, h - ch),
+                        self.py_random.randint(0, w - cw),
+                        ch,
+                        cw,
+                    )
+                }
+        return {"box": (0, 0, h, w)}  # (its fallback is a centre crop; rare, kept whole here)
+
+    def apply(self, img: np.ndarray, box=(0, 0, 0, 0), **params) -> np.ndarray:
+        i, j, ch, cw = box
+        out = np.zeros_like(img)
+        out[i : i + ch, j : j + cw] = img[i : i + ch, j : j + cw]
+        return out
+
+
+class LowResolution(A.ImageOnlyTransform):
+    """AdaFace's low-resolution augmentation: shrink to a random share ``side`` of the size and
+    back, each way with an interpolation drawn from OpenCV's five (nearest, linear, area, cubic,
+    Lanczos)."""
+
+    INTERPOLATIONS = (cv2.INTER_NEAREST, cv2.INTER_LINEAR, cv2.INTER_AREA, cv2.INTER_CUBIC,
+                      cv2.INTER_LANCZOS4)  # fmt: skip
+
+    def __init__(self, side=(0.2, 1.0), p: float = 0.5):
+        super().__init__(p=p)
+        self.side = tuple(side)
+
+    def get_params(self) -> dict:
+        return {"ratio": self.py_random.uniform(*self.side),
+                "down": self.py_random.choice(self.INTERPOLATIONS),
+                "up": self.py_random.choice(self.INTERPOLATIONS)}  # fmt: skip
+
+    def apply(self, img: np.ndarray, ratio=1.0, down=0, up=0, **params) -> np.ndarray:
+        h, w = img.shape[:2]
+        small = max(1, int(ratio * h))
+        img_small = cv2.resize(img, (small, small), interpolation=down)
+        return cv2.resize(img_small, (w, h), interpolation=up)
+
+
+# fvloss's own transforms, named in experiment files like Albumentations' (and found first)
+TRANSFORMS: dict[str, type[A.BasicTransform]] = {
+    "ZeroPadCrop": ZeroPadCrop,
+    "LowResolution": LowResolution,
+}
+
+
 def _transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
     """Build one Albumentations transform from ``{"transform": name, **arguments}``.
 
@@ -61,12 +129,14 @@ def _transform_from_spec(spec: dict[str, Any]) -> A.BasicTransform:
     """
     spec = dict(spec)
     name = spec.pop("transform", None)
-    if not isinstance(name, str) or not hasattr(A, name):
-        raise ValueError(f"unknown albumentations transform {name!r} in {spec}")
+    if not isinstance(name, str) or not (name in TRANSFORMS or hasattr(A, name)):
+        raise ValueError(
+            f"unknown albumentations transform {name!r} in {spec} (fvloss's own: {sorted(TRANSFORMS)})"
+        )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            tfm = getattr(A, name)(**spec)
+            tfm = (TRANSFORMS.get(name) or getattr(A, name))(**spec)
         except (TypeError, ValueError) as e:
             raise ValueError(f"albumentations {name}: {e}") from None
     for w in caught:

@@ -25,6 +25,7 @@ from fvloss.callbacks.checkpoint import (
     restore_weights,
 )
 from fvloss.callbacks.guard import DivergenceGuard
+from fvloss.callbacks.schedule import Schedule
 from fvloss.data import face_dls
 from fvloss.data.synthetic import SyntheticSpec, make_synthetic
 from fvloss.learner import face_learner
@@ -46,14 +47,14 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def learner(syn: Path, path: Path, loss: str, seed: int = 0, preload: str = "off"):
+def learner(syn: Path, path: Path, loss: str, seed: int = 0, preload: str = "off", **kw):
     set_seed(seed)
     # 9 batches an epoch; preload "off": per-image Albumentations, "on": device augmentation
     dls = face_dls(syn, img_size=32, bs=4, num_workers=0, seed=0, preload=preload)
     # dropout and a margin warm-up: the model draws random numbers, the schedule moves per step
     return face_learner(
         dls, loss=loss, arch="resnet18", emb_dim=16, dropout=0.2, margin_warmup=0.3,
-        val_pairs=50, path=path, model_dir="checkpoints", cbs=[DivergenceGuard()],
+        val_pairs=50, path=path, model_dir="checkpoints", cbs=[DivergenceGuard()], **kw,
     )  # fmt: skip
 
 
@@ -134,6 +135,50 @@ def test_resume_after_a_kill_anywhere_ends_with_the_same_weights(
     ref_weights, ref_values = reference[loss, preload]
     assert same(weights(resumed), ref_weights)
     assert str(resumed.recorder.values) == ref_values  # the table, restored epochs included
+
+
+# the papers' way: torch's SGD with Nesterov momentum and L2 decay on all but norm layers, the
+# head at 2x the lr, a poly schedule with a warm-up, clipping, two batches a step
+PAPERS = dict(opt="sgd", nesterov=True, wd=5e-4, wd_exclude=["norm"], head_lr=2.0, clip=5.0,
+              accum=2)  # fmt: skip
+POLY = Schedule("poly", 0.01, warmup_steps=4, power=2.0)
+
+
+@pytest.mark.slow
+def test_sgd_poly_accumulation_and_clipping_resume_exactly(syn, tmp_path, tmp_path_factory):
+    ref = learner(syn, tmp_path_factory.mktemp("ref-sgd"), "arcface", **PAPERS)
+    ref.fit_schedule(EPOCHS, POLY, cbs=[Checkpoint(LR, 0, 0)])
+    learn = learner(syn, tmp_path, "arcface", **PAPERS)
+    with pytest.raises(SystemExit):  # dies in epoch 1's batch 2, its gradients pending
+        learn.fit_schedule(EPOCHS, POLY, cbs=[Checkpoint(LR, every_steps=1), Kill(12)])
+    state = load_checkpoint(tmp_path)
+    # checkpoints wait for the step: the last one is after batch 1 (the step), not batch 2
+    assert (state["meta"]["epoch"], state["meta"]["batch"]) == (1, 2)
+    resumed = learner(syn, tmp_path, "arcface", seed=1234, **PAPERS)
+    restore_weights(resumed, state)
+    cb = ResumeFrom(state)
+    resumed.fit_schedule(EPOCHS, POLY, start_epoch=cb.epoch0, cbs=[Checkpoint(LR, 0, 0), cb])
+    assert same(weights(resumed), weights(ref))
+    assert resumed.recorder.hps["lr"][-1] == ref.recorder.hps["lr"][-1]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_from_before_parameter_groups_loads_into_them(syn, tmp_path):
+    """Runs written with one fastai Adam group (before wd_exclude) resume with the default
+    groups: each parameter gets its own moments back."""
+    old = learner(syn, tmp_path, "center", wd_exclude=[])  # one group, as before
+    old.fit(1, LR, cbs=[Checkpoint(LR, 0, 0)])
+    state = load_checkpoint(tmp_path)
+    assert len(state["opt"]["hypers"]) == 1
+    new = learner(syn, tmp_path, "center")  # norm and bias spared: two groups
+    assert len(new.opt.param_lists if new.opt else new.param_groups.params) == 2
+    restore_weights(new, state)
+    by_param = dict(zip([id(p) for p in old.model.parameters()], old.opt.state_dict()["state"]))
+    for p_old, p_new in zip(old.model.parameters(), new.model.parameters(), strict=True):
+        saved = by_param[id(p_old)]
+        for k, v in new.opt.state[p_new].items():
+            if isinstance(v, torch.Tensor):
+                assert torch.equal(v, saved[k]), k
 
 
 @pytest.mark.slow

@@ -440,3 +440,49 @@ def test_a_loaders_copy_keeps_its_shard(halves_root, preload):
     d.train.shard(1, 2)
     copy = d.train.new()
     assert (copy.rank, copy.world_size) == (1, 2) and len(copy) == len(d.train)
+
+
+# -- fvloss's own transforms (AdaFace's augmentations), named like Albumentations' ------------
+def test_zero_pad_crop_keeps_one_rectangle_in_place():
+    import albumentations as A
+
+    from fvloss.data.transforms import ZeroPadCrop
+
+    img = np.random.default_rng(0).integers(1, 256, (112, 112, 3), dtype=np.uint8)
+    for seed in range(20):
+        out = A.Compose([ZeroPadCrop(scale=(0.2, 1.0), p=1.0)], seed=seed)(image=img)["image"]
+        kept = (out != 0).any(2)
+        rows, cols = np.where(kept.any(1))[0], np.where(kept.any(0))[0]
+        box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        assert kept[box].all() and kept.sum() == kept[box].size  # one rectangle, the rest 0
+        assert np.array_equal(out[box], img[box])  # in place, unscaled
+        assert 0.2 * 112 * 112 * 0.95 <= kept.sum() <= 112 * 112
+
+
+def test_low_resolution_keeps_the_size_and_loses_detail():
+    import albumentations as A
+
+    from fvloss.data.transforms import LowResolution
+
+    img = np.random.default_rng(1).integers(0, 256, (112, 112, 3), dtype=np.uint8)
+    outs = [
+        A.Compose([LowResolution(side=(0.2, 0.3), p=1.0)], seed=s)(image=img)["image"]
+        for s in range(3)
+    ]
+    assert all(o.shape == img.shape for o in outs)
+    assert all(
+        np.abs(o.astype(int) - img).mean() > 20 for o in outs
+    )  # noise is not kept at 1/4 size
+    again = A.Compose([LowResolution(side=(0.2, 0.3), p=1.0)], seed=0)(image=img)["image"]
+    assert np.array_equal(again, outs[0])  # seeded
+
+
+def test_fvloss_transforms_are_found_by_name_and_typos_are_errors():
+    from fvloss.data.transforms import train_pipeline
+
+    p = train_pipeline(32, 0.5, 0.5, 0.5, [{"transform": "ZeroPadCrop", "p": 0.2}])
+    assert "ZeroPadCrop" in repr(p)
+    with pytest.raises(
+        ValueError, match=r"unknown albumentations transform 'ZeroPadCorp'.*ZeroPadCrop"
+    ):
+        train_pipeline(32, 0.5, 0.5, 0.5, [{"transform": "ZeroPadCorp"}])

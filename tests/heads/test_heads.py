@@ -312,3 +312,40 @@ def test_every_loss_is_finite_under_autocast_at_the_extremes(name, norm, dtype):
     assert loss.dtype in (torch.float32, torch.float64) and torch.isfinite(loss), name
     loss.backward()
     assert torch.isfinite(emb.grad).all() and torch.isfinite(weight.grad).all(), name
+
+
+# ---------------------------------------------------- arcface_torch's ArcFace (grad="insightface")
+def arcface_insightface_ref(emb, weight, y, s, m):
+    """insightface arcface_torch's ArcFace as its losses.py describes it, written here by hand:
+    the target cosines are replaced in place, under no_grad, by cos(arccos + m) (no fall-back),
+    so autograd sees the cosines themselves: d logit / d cos = s for every class."""
+    cos = cosines64(emb, weight)
+    rows = torch.arange(len(y))
+    with torch.no_grad():
+        cos[rows, y] = torch.cos(torch.arccos(cos[rows, y]) + m)
+    logits = s * cos
+    return logits, ce64(logits, y)
+
+
+def test_arcface_insightface_variant_has_the_papers_loss_and_arcface_torchs_gradient():
+    m, s = 0.5, 64.0
+    emb, weight, y = margin_inputs(3, m)
+    cos_t = cosines64(emb.double(), weight.double())[torch.arange(B), y]
+    keep = torch.arccos(cos_t) + m <= math.pi  # where the paper's fall-back does not apply
+    emb, y = emb[keep], y[keep]
+    head = with_weight(ArcFaceHead(EMB, C, s=s, m=m, grad="insightface"), weight)
+    loss, gemb = run_head(head, emb, y)
+    ref = run_ref(arcface_insightface_ref, emb, weight, y, s, m)
+    assert_matches_ref(head, loss, gemb, ref, atol=2e-5)
+    # the value is the paper's; the embeddings' gradient is not (the issue measured cos 0.997)
+    paper = run_ref(arcface_ref, emb, weight, y, s, m)
+    assert_close(loss, paper[1], atol=2e-5)
+    cosine = torch.nn.functional.cosine_similarity(gemb.double().flatten(), paper[2].flatten(), 0)
+    assert cosine < 0.9999
+
+
+def test_arcface_grad_setting_is_checked():
+    with pytest.raises(ValueError, match=r"arcface.grad = 'tf': one of \['paper', 'insightface'\]"):
+        LOSSES["arcface"].check({"grad": "tf"})
+    with pytest.raises(ValueError, match="no easy_margin"):
+        ArcFaceHead(EMB, C, grad="insightface", easy_margin=True)
