@@ -111,7 +111,13 @@ def test_invalid_and_missing_toml(tmp_path):
 def test_scale_flags_accept_auto():
     cfg, _ = resolve_config(["--data", "d", "--loss", "arcface", "--arcface-s", "auto"])
     assert cfg.loss_settings == {"arcface": {"s": "auto"}}
-    assert loss_settings(cfg) == {"s": "auto", "m": 0.5, "easy_margin": False, "eps": 1e-7, "grad": "paper"}
+    assert loss_settings(cfg) == {
+        "s": "auto",
+        "m": 0.5,
+        "easy_margin": False,
+        "eps": 1e-7,
+        "grad": "paper",
+    }
     cfg, _ = resolve_config(
         ["--data", "d", "--loss", "cosface", "--cosface-s", "30", "--cosface-m", "0.2"]
     )
@@ -188,7 +194,13 @@ def test_saved_configs_from_before_loss_tables_still_load():
     old.update(arcface_s="auto", arcface_m=0.4, easy_margin=False, cosface_s=64.0,
                cosface_m=0.35, center_lam=0.003, center_alpha=0.5)  # fmt: skip
     cfg = Config.from_saved(old)
-    assert loss_settings(cfg) == {"s": "auto", "m": 0.4, "easy_margin": False, "eps": 1e-7, "grad": "paper"}
+    assert loss_settings(cfg) == {
+        "s": "auto",
+        "m": 0.4,
+        "easy_margin": False,
+        "eps": 1e-7,
+        "grad": "paper",
+    }
 
 
 @pytest.mark.parametrize(

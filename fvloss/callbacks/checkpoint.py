@@ -237,8 +237,12 @@ class Checkpoint(Callback):
             return
         self._steps += 1
         batch = getattr(self.dl, "start_batch", 0) + self.iter + 1
-        due = self._due or (self.every_steps and self._steps % self.every_steps == 0) or (
-            self.every_minutes and time.monotonic() - self._last_save >= 60 * self.every_minutes
+        due = (
+            self._due
+            or (self.every_steps and self._steps % self.every_steps == 0)
+            or (
+                self.every_minutes and time.monotonic() - self._last_save >= 60 * self.every_minutes
+            )
         )
         if getattr(self.learn, "accumulating", False):  # gradients pending (callbacks.optim
             self._due = bool(due)  # .Accumulate) are not in a checkpoint: wait for the step

@@ -48,7 +48,9 @@ class ArcFaceHead(MarginHead):
         if grad not in self.choices["grad"]:
             raise ValueError(f"grad must be one of {self.choices['grad']}, got {grad!r}")
         if grad == "insightface" and easy_margin:
-            raise ValueError("grad='insightface' is arcface_torch's margin, which has no easy_margin")
+            raise ValueError(
+                "grad='insightface' is arcface_torch's margin, which has no easy_margin"
+            )
         self.easy_margin, self.eps, self.grad = easy_margin, eps, grad
 
     def target_logit(self, cos_t: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
