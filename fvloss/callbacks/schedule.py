@@ -16,8 +16,8 @@ papers' ``cosine``, ``poly`` and ``step``, each with a linear warm-up.
 
 Warm-up: linear from 0 to lr over ``w`` steps (``k / w`` at step ``k``). A step is a batch, as
 in arcface_torch (its scheduler steps every batch, gradient accumulation or not). The lr at a
-step is a function of the step's index alone (``learn.train_iter``), so a resumed run follows
-the same curve; ``one_cycle`` and ``flat`` keep fastai's own curves over ``learn.pct_train``.
+step is a function of its place alone (epoch and batch), so a resumed run follows the same
+curve; ``one_cycle`` and ``flat`` keep fastai's own curves over ``learn.pct_train``.
 """
 
 from __future__ import annotations
@@ -139,6 +139,7 @@ class LRSchedule(ParamScheduler):
     def before_batch(self) -> None:
         if self.schedule.name in ("one_cycle", "flat"):
             return super().before_batch()
-        self.opt.set_hyper(
-            "lr", self.schedule.lr_at(self.train_iter, self.steps_per_epoch, self.n_epoch)
-        )
+        # the batch's place in training from (epoch, batch), not learn.train_iter: a fit started
+        # at an epoch (start_epoch) does not count the epochs it skipped
+        step = self.epoch * self.steps_per_epoch + getattr(self.dl, "start_batch", 0) + self.iter
+        self.opt.set_hyper("lr", self.schedule.lr_at(step, self.steps_per_epoch, self.n_epoch))

@@ -115,3 +115,11 @@ def test_dry_run_landmarks():
     assert marks["warm-up end"] == 100 and marks["milestone epoch 20"] == 2000
     assert marks["last step"] == 2599
     assert math.isclose(s.lr_at(2000, 100, 26), 0.001)
+
+
+@pytest.mark.parametrize("name", ["flat", "poly", "one_cycle"])
+def test_a_fit_started_at_an_epoch_continues_the_curve(name):
+    """fastai's fit_flat_cos ignores start_epoch (it restarted a resumed flat run at epoch 0)."""
+    s = Schedule(name, 0.1, warmup_steps=3 if name == "poly" else 0)
+    whole = _fit_lrs(s, n_epoch=3)
+    assert _fit_lrs(s, n_epoch=3, start_epoch=2) == pytest.approx(whole[10:], abs=1e-12)
