@@ -161,9 +161,18 @@ def test_partial_fc_under_ddp_equals_one_process_with_twice_the_batch(ddp_data):
     assert not torch.allclose(one[w], init[w], atol=1e-4)
 
 
-def _moments(rank: int, world: int, data: str) -> dict:
-    """A step of Partial FC under DDP; the checkpoint's state; this rank's Adam moments; and
-    those a fresh learner on this world size gets back from the checkpoint."""
+def _param_states(opt) -> dict:
+    """Per-parameter state: fastai's optimiser's own, or the torch one an OptimWrapper wraps."""
+    return opt.opt.state if hasattr(opt, "opt") else opt.state
+
+
+MOMENTS = {"adam": {"grad_avg", "sqr_avg"}, "sgd": {"momentum_buffer"}}
+
+
+def _moments(rank: int, world: int, data: str, opt: str = "adam") -> dict:
+    """A step of Partial FC under DDP; the checkpoint's state; this rank's optimiser moments
+    (fastai's Adam, or torch's SGD through OptimWrapper); and those a fresh learner on this
+    world size gets back from the checkpoint."""
     from fvloss.callbacks.checkpoint import model_state, restore_weights
     from fvloss.callbacks.ddp import FaceDistributed
     from fvloss.data import face_dls
@@ -175,7 +184,7 @@ def _moments(rank: int, world: int, data: str) -> dict:
             dls.train.shard(rank, world)
         torch.manual_seed(0)
         learn = face_learner(dls, loss="arcface", arch="resnet18", emb_dim=8, val_pairs=None,
-                             partial_fc=1.0)  # fmt: skip
+                             partial_fc=1.0, opt=opt)  # fmt: skip
         learn.remove_cb(learn.progress)
         learn.logger = lambda *a, **k: None
         if world > 1:
@@ -185,35 +194,37 @@ def _moments(rank: int, world: int, data: str) -> dict:
     learn = learner()
     learn.fit(1, 1e-3)
     block = learn.model.head.block.weight
-    mine = {k: v.clone() for k, v in learn.opt.state[block].items() if torch.is_tensor(v)}
-    weights, opt = model_state(learn)
+    states = _param_states(learn.opt)
+    mine = {k: v.clone() for k, v in states[block].items() if torch.is_tensor(v)}
+    weights, state = model_state(learn)
     again = learner()
     again.create_opt()
-    restore_weights(again, {"model": weights, "opt": opt})
-    back = again.opt.state[again.model.head.block.weight]
-    return {"mine": mine, "weights": weights, "opt": opt, "back": {k: back[k] for k in mine}}
+    restore_weights(again, {"model": weights, "opt": state})
+    back = _param_states(again.opt)[again.model.head.block.weight]
+    return {"mine": mine, "weights": weights, "opt": state, "back": {k: back[k] for k in mine}}
 
 
 @pytest.mark.slow
-def test_partial_fc_checkpoints_whole_moments_and_reshards_them(ddp_data):
+@pytest.mark.parametrize("opt", ["adam", "sgd"])
+def test_partial_fc_checkpoints_whole_moments_and_reshards_them(ddp_data, opt):
     from fvloss.callbacks.checkpoint import restore_weights
     from fvloss.data import face_dls
     from fvloss.learner import face_learner
 
-    ranks = run_ranks(_moments, 2, ddp_data)
+    ranks = run_ranks(_moments, 2, ddp_data, opt)
     for r in ranks:
-        assert r["mine"].keys() >= {"grad_avg", "sqr_avg"}
+        assert r["mine"].keys() >= MOMENTS[opt]
         for k, v in r["mine"].items():
             assert torch.equal(r["back"][k], v), k  # 2 -> 2: each rank its own rows again
-    n0 = len(ranks[0]["mine"]["grad_avg"])
+    n0 = len(ranks[0]["mine"][min(MOMENTS[opt])])
     # 2 -> 1: the whole matrix and its moments, rank 0's rows first
     dls = face_dls(ddp_data, img_size=32, bs=8, seed=3, num_workers=0, preload="off")
     learn = face_learner(dls, loss="arcface", arch="resnet18", emb_dim=8, val_pairs=None,
-                         partial_fc=1.0)  # fmt: skip
+                         partial_fc=1.0, opt=opt)  # fmt: skip
     learn.create_opt()
     restore_weights(learn, {"model": ranks[0]["weights"], "opt": ranks[0]["opt"]})
-    st = learn.opt.state[learn.model.head.block.weight]
-    for k in ("grad_avg", "sqr_avg"):
+    st = _param_states(learn.opt)[learn.model.head.block.weight]
+    for k in MOMENTS[opt]:
         whole = torch.cat([ranks[0]["mine"][k], ranks[1]["mine"][k]])
         assert st[k].shape == learn.model.head.block.weight.shape
         assert torch.equal(st[k], whole) and not torch.equal(st[k][:n0], st[k][n0:][:n0]), k
