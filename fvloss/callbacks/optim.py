@@ -32,6 +32,8 @@ class GroupHypers(Callback):
         self.lr_mults, self.decay, self.kept = list(lr_mults), list(decay), None
 
     def before_fit(self) -> None:
+        if self.opt is None:  # validate() / get_preds() before any fit: no step to scale
+            return
         if len(self.opt.hypers) != len(self.lr_mults):
             raise ValueError(
                 f"GroupHypers has {len(self.lr_mults)} groups, the optimiser "

@@ -111,3 +111,10 @@ def test_an_epochs_last_batch_always_steps():
     learn = learner(bs=8, cbs=[Accumulate(3), spy])  # 4 batches: steps after batches 2 and 3
     learn.fit(2, 0.01)
     assert spy.steps == 4 and learn.accumulating is False
+
+
+def test_validating_before_any_fit_works_with_groups():
+    learn = learner(wd_exclude=["bias"], head_lr=2.0)
+    assert learn.opt is None
+    learn.validate()  # GroupHypers sees before_fit with no optimiser yet
+    learn.fit(1, 0.01)
