@@ -64,6 +64,8 @@ class Config:
     pretrained: bool = _opt(False, "start from the body's ImageNet weights (needs a download)")
     emb_dim: int = _opt(128, "embedding width")
     dropout: float = _opt(0.0, "dropout before the embedding layer")
+    freeze_neck_scale: bool = _opt(False, "the embedding BatchNorm's scale fixed at 1 "
+                                   "(arcface_torch's iresnet: features.weight frozen)")  # fmt: skip
     # cost-function settings: {loss: {setting: value}} over the registry's defaults (the
     # papers', or fvloss's where measured better: ArcFace's s="auto", README "ArcFace on small
     # data"); in TOML one table per loss, [arcface] s = "auto"; flags --<loss>-<setting>

@@ -151,6 +151,7 @@ def face_learner(
     emb_dim: int = DEFAULTS.emb_dim,
     pretrained: bool = DEFAULTS.pretrained,
     dropout: float = DEFAULTS.dropout,
+    freeze_neck_scale: bool = DEFAULTS.freeze_neck_scale,
     settings: dict[str, Any] | None = None,
     partial_fc: float | None = DEFAULTS.partial_fc,
     margin_hold: float = DEFAULTS.margin_hold,
@@ -211,6 +212,8 @@ def face_learner(
         wd_exclude: parameters spared weight decay: ``"norm"``, ``"bias"``, ``"prelu"``
             (fastai's default: norm and bias; arcface_torch: none; AdaFace: norm).
         head_lr: the head's lr as a multiple of the body's (the lr you pass to ``fit``).
+        freeze_neck_scale: the embedding BatchNorm's scale fixed at 1, as arcface_torch's
+            iresnet (``features.weight.requires_grad = False``): its published runs need it.
         clip, clip_part: clip the gradient 2-norm of the embedder (``"body"``) or of
             everything (``"all"``) to ``clip`` before each step (0: off).
         accum: one optimiser step per ``accum`` batches (gradient accumulation).
@@ -231,6 +234,8 @@ def face_learner(
     embedder = EmbeddingNet(
         arch, emb_dim, pretrained=pretrained, dropout=dropout, img_size=img_size
     )
+    if freeze_neck_scale:  # arcface_torch's iresnet trains the embedding BN's shift only
+        embedder.neck[-1].weight.requires_grad_(False)
     model = FaceNet(embedder, head)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -270,7 +275,7 @@ def face_learner(
     learn.param_groups = groups
     learn.settings = {
         "loss": loss, "arch": arch, "emb_dim": emb_dim, "pretrained": pretrained,
-        "dropout": dropout, "loss_settings": {loss: {**spec.settings, **(settings or {})}},
+        "dropout": dropout, "freeze_neck_scale": freeze_neck_scale, "loss_settings": {loss: {**spec.settings, **(settings or {})}},
         "partial_fc": partial_fc or 0.0, "margin_hold": margin_hold,
         "margin_warmup": margin_warmup, "val_pairs": val_pairs or 0, "seed": seed,
         "opt": opt, "momentum": momentum, "nesterov": nesterov, "beta2": beta2, "eps": eps,

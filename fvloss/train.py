@@ -203,7 +203,7 @@ def make_learner(cfg: Config, dls, run_dir: Path):
     pair_cbs = _pair_callbacks(cfg)
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained,
-        dropout=cfg.dropout, settings=cfg.loss_settings.get(cfg.loss),
+        dropout=cfg.dropout, freeze_neck_scale=cfg.freeze_neck_scale, settings=cfg.loss_settings.get(cfg.loss),
         partial_fc=cfg.partial_fc, margin_hold=cfg.margin_hold, margin_warmup=cfg.margin_warmup,
         val_pairs=cfg.val_pairs, seed=cfg.seed, opt=cfg.opt, momentum=cfg.momentum,
         nesterov=cfg.nesterov, beta2=cfg.beta2, eps=cfg.eps, wd=cfg.wd,

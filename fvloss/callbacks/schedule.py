@@ -7,7 +7,8 @@ papers' ``cosine``, ``poly`` and ``step``, each with a linear warm-up.
 * ``flat``: fastai's ``fit_flat_cos``: lr until 0.75 of training, then cosine to lr/1e5.
 * ``cosine``: after the warm-up, cosine from lr to 0 at the last step.
 * ``poly``: after the warm-up, ``lr * (1 - (k - w) / (T - w)) ** power``: insightface
-  arcface_torch's ``PolynomialLRWarmup`` (power 2), equal at every step but one: with a warm-up
+  arcface_torch's ``PolynomialLRWarmup`` (its ``train_v2.py`` builds it with the class default
+  power 1; ``recipes/papers/base.toml``), equal at every step but one: with a warm-up
   its step 0 trains at the full lr (``_LRScheduler``'s constructor leaves the group's lr in
   place), here at 0, the warm-up's start (``tests/callbacks/test_schedule.py``,
   ``bench/peer_parity.py``).
@@ -26,6 +27,8 @@ import math
 from dataclasses import dataclass, field
 
 from fastai.callback.schedule import ParamScheduler, combined_cos
+
+from ..config import DEFAULTS
 
 __all__ = ["SCHEDULES", "LRSchedule", "Schedule"]
 
@@ -48,9 +51,9 @@ class Schedule:
     lr: float = 1e-3
     warmup_epochs: float = 0.0
     warmup_steps: int = 0
-    power: float = 2.0
+    power: float = DEFAULTS.poly_power
     milestones: tuple[float, ...] = field(default_factory=tuple)
-    factor: float = 0.1
+    factor: float = DEFAULTS.step_factor
 
     def __post_init__(self) -> None:
         if self.name not in SCHEDULES:

@@ -19,8 +19,6 @@ parameter per block, which re-shards by slicing (:meth:`PartialFCHead.full_weigh
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -138,12 +136,13 @@ class PartialFCHead(Head):
 
     def sample(self, local: torch.Tensor, mine: torch.Tensor) -> torch.Tensor:
         """Sorted indices of the block's classes used this step: every label of ``mine``
-        plus random others, ``ceil(sample_rate * block)`` in all (at least the positives)."""
+        plus random others, ``int(sample_rate * block)`` in all (at least the positives), as
+        arcface_torch's ``PartialFC_V2`` counts them (``bench/peer_parity.py``)."""
         n_local = self.block.n_classes
         score = torch.rand(n_local, device=local.device)
         score[local[mine]] = 2.0  # positives first
         n_pos = int((score > 1.0).sum())  # one host sync per step, as arcface_torch
-        k = max(math.ceil(self.sample_rate * n_local), n_pos)
+        k = max(int(self.sample_rate * n_local), n_pos)
         return torch.topk(score, k, sorted=False).indices.sort().values
 
     def logits(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
