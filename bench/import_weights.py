@@ -53,9 +53,12 @@ def extract(snapshot: Path, dest: Path) -> str:
     """Write ``BACKBONES/*.py`` of the snapshot's HEAD under ``dest``; returns HEAD's commit."""
 
     def git(*args: str) -> str:
-        return subprocess.run(
-            ["git", "-C", str(snapshot), *args], check=True, capture_output=True, text=True
-        ).stdout
+        r = subprocess.run(["git", "-C", str(snapshot), *args], capture_output=True, text=True)
+        if r.returncode:  # not there, or not a git mirror: one line, not a traceback
+            raise SystemExit(
+                f"{snapshot}: not an insightface snapshot (git: {r.stderr.strip()[:120]})"
+            )
+        return r.stdout
 
     commit = git("rev-parse", "HEAD").strip()
     date = git("show", "-s", "--format=%cs", "HEAD").strip()
