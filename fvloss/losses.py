@@ -102,6 +102,13 @@ class LossSpec:
         """Every setting and its default."""
         return {**self.head_settings, **self.callback_settings, **self.defaults}
 
+    @property
+    def search(self) -> dict[str, tuple[float, float, bool]]:
+        """The ranges a study searches its settings in, ``{setting: (low, high, log)}``: the
+        head's and the callback's own declarations (``search`` class attributes)."""
+        out = {**getattr(self.head, "search", {}), **getattr(self.callback, "search", {})}
+        return {k: v for k, v in out.items() if k in self.settings}
+
     def setting_docs(self) -> dict[str, str]:
         """Each setting's one-line documentation, from the ``Args:`` sections of the head's
         and the callback's docstrings (and their base classes'): the one place it is written."""

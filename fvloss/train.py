@@ -60,8 +60,9 @@ def _log(msg: str) -> None:
         print(f"[fvloss] {msg}", flush=True)
 
 
-def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
-    """Train and evaluate one experiment; returns (and saves) its metrics.
+def run(cfg: Config, source: dict[str, str] | None = None, cbs: list | None = None) -> RunResult:
+    """Train and evaluate one experiment; returns (and saves) its metrics. ``cbs``: callbacks
+    added to the Learner (a study's pruning reporter).
 
     ``source`` says where each setting came from (:func:`fvloss.experiment.resolve`): on
     ``resume``, only an ``epochs`` given in a file or a flag overrides the run's own. The run
@@ -69,20 +70,21 @@ def run(cfg: Config, source: dict[str, str] | None = None) -> RunResult:
     same folder is refused."""
     locks: list[RunLock] = []
     try:
-        return _phases(cfg, source or {}, locks)
+        return _phases(cfg, source or {}, locks, cbs or [])
     finally:
         ranks.teardown()  # a run launched on several processes leaves its group
         for lock in locks:
             _release(lock)
 
 
-def _phases(cfg: Config, source: dict[str, str], locks: list[RunLock]) -> RunResult:
+def _phases(cfg: Config, source: dict[str, str], locks: list[RunLock], cbs: list) -> RunResult:
     t_start = time.time()
     if ranks.launched():  # torchrun / accelerate launch with several processes
         ranks.setup(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     cfg, run_dir = run_folder(cfg, source, locks)
     dls, data = load_data(cfg, run_dir)
     learn, pair_cbs = make_learner(cfg, dls, run_dir)
+    learn.add_cbs(cbs)
     precision = set_precision(cfg, learn)
     resumed = resume_state(cfg, learn, run_dir)
     if resumed is not None and resumed.done:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 from fastai.callback.core import Callback
@@ -73,6 +74,12 @@ class CenterLoss(Callback):
         layer: picks the module whose output are the embeddings, default ``model.embedder``
             (fvloss's ``FaceNet``); pass e.g. ``lambda m: m[0]`` to reuse the callback elsewhere.
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "lam": (1e-4, 0.1, True),
+        "alpha": (0.1, 0.9, False),
+    }
 
     # Before GradientAccumulation (6), whose after_loss divides the loss by the number of
     # accumulated batches: our term must be in the loss by then to be scaled with it. That is

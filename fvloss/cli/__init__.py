@@ -34,6 +34,10 @@ COMMANDS = {
         "write an identity folder as RecordIO: fvloss pack FOLDER OUT_DIR",
     ),
     "pack-bin": ("fvloss.cli.pack_bin", "write a pair protocol as an insightface .bin"),
+    "study": (
+        "fvloss.cli.study",
+        "tune every loss with the same budget: fvloss study run STUDY.toml",
+    ),
     "synthetic": ("fvloss.cli.synthetic", "write the embedded synthetic data set to a folder"),
 }
 

@@ -4,6 +4,7 @@ Recognition", CVPR 2022, https://arxiv.org/abs/2204.00964)."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -29,6 +30,12 @@ class AdaFaceHead(MarginHead):
         t_alpha: the weight of a new batch in the norm's EMA statistics.
         eps: added to the EMA std.
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "m": (0.2, 0.6, False),
+        "h": (0.1, 0.6, False),
+    }
 
     def __init__(
         self,

@@ -31,6 +31,12 @@ class ArcFaceHead(MarginHead):
         grad: ``"paper"`` (the margin's own gradient) or ``"insightface"`` (above).
     """
 
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "m": (0.2, 0.7, False),
+        "s": (16.0, 64.0, False),
+    }
+
     shardable = True  # a stateless margin on the target: Partial FC can split it
     choices: ClassVar[dict[str, tuple]] = {"grad": ("paper", "insightface")}
 

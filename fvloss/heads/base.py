@@ -76,6 +76,8 @@ class Head(nn.Module):
     #: margin on the target, so the margin applies block by block (not batch statistics as
     #: CurricularFace / AdaFace keep, nor k rows per class as sub-center ArcFace)
     shardable: ClassVar[bool] = False
+    #: each of its settings' search range for a study (``fvloss study``): ``(low, high, log)``
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {}
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         z = self.logits(emb, labels)

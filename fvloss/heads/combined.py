@@ -5,6 +5,7 @@ https://arxiv.org/abs/1801.07698)."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -29,6 +30,12 @@ class CombinedMarginHead(MarginHead):
         m3: CosFace's additive cosine margin.
         eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "m2": (0.1, 0.5, False),
+        "m3": (0.0, 0.35, False),
+    }
 
     shardable = True  # a stateless margin on the target: Partial FC can split it
 

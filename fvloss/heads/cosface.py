@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import MarginHead
@@ -11,6 +13,12 @@ __all__ = ["CosFaceHead"]
 
 class CosFaceHead(MarginHead):
     """Target logit ``s * (cos(theta) - m)``; paper defaults ``s=64, m=0.35``."""
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "m": (0.1, 0.5, False),
+        "s": (16.0, 64.0, False),
+    }
 
     shardable = True  # a stateless margin on the target: Partial FC can split it
 

@@ -3,6 +3,8 @@ Recognition", CVPR 2020, https://arxiv.org/abs/2004.00288)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from ..ranks import global_mean
@@ -21,6 +23,9 @@ class CurricularFaceHead(MarginHead):
     Args:
         eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {"m": (0.2, 0.7, False)}
 
     def __init__(
         self, emb_dim: int, n_classes: int, s: float | str = 64.0, m: float = 0.5, eps: float = 1e-7

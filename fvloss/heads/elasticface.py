@@ -4,6 +4,8 @@ https://arxiv.org/abs/2109.09416)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import MarginHead, angular_margin
@@ -24,6 +26,12 @@ class ElasticArcHead(MarginHead):
     Args:
         std: the spread of the per-sample margin N(m, std).
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "m": (0.3, 0.6, False),
+        "std": (0.01, 0.1, True),
+    }
 
     def __init__(
         self,

@@ -4,6 +4,8 @@ https://arxiv.org/abs/2103.06627)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 
 from .base import MarginHead, angular_margin, feature_norm
@@ -27,6 +29,13 @@ class MagFaceHead(MarginHead):
         l_m, u_m: the margin at l_a and at u_a.
         lambda_g: the weight of the magnitude regulariser g.
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "l_m": (0.3, 0.5, False),
+        "u_m": (0.6, 0.9, False),
+        "lambda_g": (10.0, 60.0, False),
+    }
 
     #: a warm-up ramps the margin's bounds: m(a) = 0 without margin
     margins = {"l_m": 0.0, "u_m": 0.0}

@@ -4,6 +4,7 @@ for Face Recognition", CVPR 2017, https://arxiv.org/abs/1704.08063)."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 
@@ -25,6 +26,12 @@ class SphereFaceHead(MarginHead):
         base, gamma, power: the annealing lambda = base (1 + gamma it)^-power.
         lambda_min: lambda's floor (0 with base 0: plain A-Softmax).
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {
+        "lambda_min": (1.0, 10.0, True),
+        "gamma": (0.05, 0.5, True),
+    }
 
     margins: dict[str, float] = {}  # an integer m, eased in by its own lambda annealing instead
 

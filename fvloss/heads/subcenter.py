@@ -5,6 +5,7 @@ https://www.ecva.net/papers/eccv_2020/papers_ECCV/papers/123560715.pdf)."""
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,9 @@ class SubCenterArcFaceHead(MarginHead):
         drop_angle: after the drop, samples farther (degrees) from their class's dominant sub-centre leave the loss.
         eps: cos is clamped to [-1 + eps, 1 - eps] for the angle's gradient.
     """
+
+    # studies (fvloss study) search each setting within (low, high, log scale)
+    search: ClassVar[dict[str, tuple[float, float, bool]]] = {"m": (0.2, 0.7, False)}
 
     _keep: torch.Tensor | None = None  # the batch's samples in the loss, set by logits()
 
