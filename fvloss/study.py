@@ -35,7 +35,7 @@ from .jsonio import write_json
 from .losses import LOSSES, loss_spec
 from .train import run
 
-__all__ = ["StudySpec", "load_study", "run_worker", "space_for", "status"]
+__all__ = ["StudySpec", "load_study", "prepare", "run_worker", "space_for", "status"]
 
 # shared settings every loss searches unless the study file says otherwise
 SHARED_SPACE: dict[str, tuple] = {"lr": (1e-4, 1e-2, True)}
@@ -241,6 +241,14 @@ def _objective(spec: StudySpec, loss: str, trial) -> float:
     return value
 
 
+def prepare(spec: StudySpec) -> None:
+    """Create the study folder and each loss's study in the storage (before workers start)."""
+    spec.folder.mkdir(parents=True, exist_ok=True)
+    with _locked(spec.folder / ".storage.lock"):
+        for loss in spec.losses:
+            _optuna_study(spec, loss)
+
+
 def run_worker(spec: StudySpec) -> dict[str, int]:
     """Work on the study until every loss's budget is spent; returns the trials this worker
     finished per loss. A trial that fails is recorded (its reason in ``error``) and not counted;
@@ -251,7 +259,9 @@ def run_worker(spec: StudySpec) -> dict[str, int]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     done: dict[str, int] = {}
     for loss in spec.losses:
-        study = _optuna_study(spec, loss)
+        # workers starting together would each create the database's tables: one at a time
+        with _locked(spec.folder / ".storage.lock"):
+            study = _optuna_study(spec, loss)
         done[loss] = 0
         while True:
             with _locked(spec.folder / f".{loss}.lock"):

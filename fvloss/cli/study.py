@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..study import load_study, run_worker, status
+from ..study import load_study, prepare, run_worker, status
 from .parser import Parser, fail
 
 __all__ = ["main"]
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "status":
             print(status(spec))
             return 0
-        spec.folder.mkdir(parents=True, exist_ok=True)
+        prepare(spec)  # the database's tables, once, before any worker starts
         if args.jobs == 1:
             done = run_worker(spec)
             print(f"[fvloss study] worker {os.getpid()} finished: {done}")
