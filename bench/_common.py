@@ -13,6 +13,7 @@ import platform
 import re
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -414,3 +415,42 @@ class PlainStep:
 
     def sync(self) -> None:
         sync(self.device)
+
+
+# -- reference snapshots (fetched git mirrors of other projects, read, never copied) ------------
+# arcface_torch's backbones.get_model names for fvloss's IR-ResNets
+ARCFACE_TORCH_NAMES = {
+    "iresnet18": "r18",
+    "iresnet34": "r34",
+    "iresnet50": "r50",
+    "iresnet100": "r100",
+}
+
+
+def snapshot_git(snapshot: Path, *args: str) -> str:
+    """``git -C snapshot ARGS``'s output; a missing folder or a failing git is one line
+    (``SystemExit``), not a traceback."""
+    if not Path(snapshot).is_dir():
+        raise SystemExit(f"{snapshot}: no such directory (a git snapshot expected)")
+    r = subprocess.run(["git", "-C", str(snapshot), *args], capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(
+            f"{snapshot}: not a git snapshot, or git failed ({r.stderr.strip()[:120]})"
+        )
+    return r.stdout
+
+
+def snapshot_files(snapshot: Path, paths: Sequence[str], dest: Path) -> str:
+    """Write ``paths`` (files, or folders: every file under them) of the snapshot's HEAD under
+    ``dest``, one ``git show`` each (``git archive`` stops at the first blob a partial mirror
+    lacks: large files elsewhere in insightface). Returns ``"commit (date)"`` of HEAD."""
+    for path in paths:
+        files = snapshot_git(snapshot, "ls-tree", "-r", "--name-only", "HEAD", path).split()
+        if not files:
+            raise SystemExit(f"{snapshot}: no {path} at HEAD")
+        for f in files:
+            out = Path(dest) / f
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(snapshot_git(snapshot, "show", f"HEAD:{f}"))
+    commit = snapshot_git(snapshot, "rev-parse", "HEAD").strip()
+    return f"{commit} ({snapshot_git(snapshot, 'show', '-s', '--format=%cs', 'HEAD').strip()})"

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import (  # noqa: E402
+    ARCFACE_TORCH_NAMES,
     RESULTS,
     emit,
     end_line,
@@ -42,34 +42,12 @@ from bench._common import (  # noqa: E402
     md_table,
     quiet_warnings,
     save_section,
+    snapshot_files,
 )
 
 BACKBONES = "recognition/arcface_torch/backbones"
 TITLE = "Released backbones imported into fvloss (`bench/import_weights.py`)"
-NAMES = {"iresnet18": "r18", "iresnet34": "r34", "iresnet50": "r50", "iresnet100": "r100"}
-
-
-def extract(snapshot: Path, dest: Path) -> str:
-    """Write ``BACKBONES/*.py`` of the snapshot's HEAD under ``dest``; returns HEAD's commit."""
-
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", "-C", str(snapshot), *args], capture_output=True, text=True)
-        if r.returncode:  # not there, or not a git mirror: one line, not a traceback
-            raise SystemExit(
-                f"{snapshot}: not an insightface snapshot (git: {r.stderr.strip()[:120]})"
-            )
-        return r.stdout
-
-    commit = git("rev-parse", "HEAD").strip()
-    date = git("show", "-s", "--format=%cs", "HEAD").strip()
-    files = [f for f in git("ls-tree", "--name-only", "HEAD", f"{BACKBONES}/").split() if f]
-    if not files:
-        raise SystemExit(f"{snapshot}: no {BACKBONES}/ at HEAD")
-    for f in files:
-        out = dest / f
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(git("show", f"HEAD:{f}"))
-    return f"{commit} ({date})"
+NAMES = ARCFACE_TORCH_NAMES
 
 
 def randomize(net, seed: int):
@@ -182,7 +160,7 @@ def main() -> None:
     out: list[str] = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        commit = extract(args.snapshot, work / "insightface")
+        commit = snapshot_files(args.snapshot, [BACKBONES], work / "insightface")
         sys.path.insert(0, str(work / "insightface" / "recognition" / "arcface_torch"))
         sys.dont_write_bytecode = True
         from backbones import get_model  # arcface_torch's, from the temporary copy

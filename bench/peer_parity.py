@@ -70,7 +70,6 @@ import copy
 import inspect
 import io
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -82,6 +81,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench._common import (  # noqa: E402
+    ARCFACE_TORCH_NAMES,
     RESULTS,
     emit,
     end_line,
@@ -89,6 +89,8 @@ from bench._common import (  # noqa: E402
     md_table,
     quiet_warnings,
     save_section,
+    snapshot_files,
+    snapshot_git,
 )
 
 TITLE = "Parity with the references (`bench/peer_parity.py`)"
@@ -105,7 +107,7 @@ NEEDS = {
     ],
     "adaface": ["train_val.py", "head.py"],
 }
-NAMES = {"iresnet18": "r18", "iresnet34": "r34", "iresnet50": "r50", "iresnet100": "r100"}
+NAMES = ARCFACE_TORCH_NAMES
 ADAFACE = {"s": 64.0, "m": 0.4, "h": 0.333, "t_alpha": 0.01}  # scripts/run_ir50_ms1mv2.sh
 HEADERS = ["check", "reference", "fvloss setting", "metric", "value", "result"]
 NOTES = """\
@@ -157,43 +159,16 @@ Notes:
 
 
 # -- snapshots ----------------------------------------------------------------------------------
-def git(snapshot: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(snapshot), *args], check=True, capture_output=True, text=True
-    ).stdout
-
-
 def identify(snapshot: Path) -> str:
     """``"insightface"`` or ``"adaface"``, from the files at HEAD; a one-line exit otherwise."""
-    if not snapshot.is_dir():
-        raise SystemExit(f"peer_parity: {snapshot}: no such directory (a git snapshot expected)")
-    try:
-        git(snapshot, "rev-parse", "HEAD")
-    except subprocess.CalledProcessError:
-        raise SystemExit(f"peer_parity: {snapshot}: not a git snapshot (no HEAD)") from None
+    snapshot_git(snapshot, "rev-parse", "HEAD")  # there, and a git snapshot
     for name, paths in NEEDS.items():
-        if git(snapshot, "ls-tree", "--name-only", "HEAD", paths[0]).strip():
+        if snapshot_git(snapshot, "ls-tree", "--name-only", "HEAD", paths[0]).strip():
             return name
     raise SystemExit(
         f"peer_parity: {snapshot}: neither insightface ({NEEDS['insightface'][0]}) nor AdaFace "
         f"({NEEDS['adaface'][0]}) at HEAD"
     )
-
-
-def extract(snapshot: Path, paths: list[str], dest: Path) -> str:
-    """Write ``paths`` (files, or folders: every file under them) of HEAD under ``dest``, one
-    ``git show`` each (``git archive`` stops at the first blob a partial mirror lacks: large
-    files elsewhere in insightface). Returns ``commit (date)``."""
-    for path in paths:
-        files = git(snapshot, "ls-tree", "-r", "--name-only", "HEAD", path).split()
-        if not files:
-            raise SystemExit(f"peer_parity: {snapshot}: no {path} at HEAD")
-        for f in files:
-            out = dest / f
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(git(snapshot, "show", f"HEAD:{f}"))
-    commit = git(snapshot, "rev-parse", "HEAD").strip()
-    return f"{commit} ({git(snapshot, 'show', '-s', '--format=%cs', 'HEAD').strip()})"
 
 
 def recipe(name: str) -> dict:
@@ -885,7 +860,7 @@ def main() -> None:
     rows: list[list] = []
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        commits = {k: extract(s, NEEDS[k], tmp / k) for k, s in found.items()}
+        commits = {k: snapshot_files(s, NEEDS[k], tmp / k) for k, s in found.items()}
         emit(
             out,
             "## The references' own code beside fvloss (`bench/peer_parity.py`)",
