@@ -55,11 +55,13 @@ from ..eval.report import (
     weights_file,
     write_outputs,
 )
+from ..experiment import load_experiment
 from ..imageio import ImageReadError
 from ..jsonio import read_json, write_json
 from ..losses import LOSSES
+from ..study import StudySpec, WorkerStopped, prepare, run_worker, tuning_study
 from .parser import Parser, fail
-from .train import main as train_main
+from .train import parse_flags
 from .verify import (
     add_model_options,
     add_pair_options,
@@ -644,9 +646,11 @@ def _seeds_report(
 
 
 def run_grid(args: argparse.Namespace, train_args: list[str]) -> list[Path] | int:
-    """Train every ``--grid`` loss for every ``--seeds`` seed, one after the other, into
-    ``OUT/<loss>-seed<seed>``: a finished run (metrics.json) is kept, an interrupted one (a
-    config.json and a checkpoint) resumed. Returns the run folders, or an exit code."""
+    """Train every ``--grid`` loss for every ``--seeds`` seed as a study with Optuna's grid
+    sampler (:mod:`fvloss.study`: the one engine), stored in ``OUT/study.db``, each run in
+    ``OUT/trials/<loss>-seed<seed>``: a finished run is kept, an interrupted one resumed from
+    its checkpoint, ``fvloss study run`` workers elsewhere could share it. Returns the run
+    folders (seed-major), or an exit code."""
     losses = [s.strip() for s in args.grid.split(",") if s.strip()]
     unknown = [x for x in losses if x not in LOSSES]
     if unknown:
@@ -657,29 +661,40 @@ def run_grid(args: argparse.Namespace, train_args: list[str]) -> list[Path] | in
         return fail(PROG, f"--seeds: integers separated by commas, got {args.seeds!r}", 2)
     if "--loss" in train_args or "--seed" in train_args or "--run-dir" in train_args:
         return fail(PROG, "--grid sets --loss, --seed and --run-dir of its runs itself", 2)
-    out = args.out or Path("runs") / "grid"
-    runs, failed = [], []
-    for seed in seeds:  # seed-major: a grid stopped half-way has every loss at the first seed
-        for loss in losses:
-            d = out / f"{loss}-seed{seed}"
-            if (d / "metrics.json").is_file():
-                _log(f"grid: {d} is finished, kept")
-                runs.append(d)
-                continue
-            argv = (
-                ["--resume", str(d)]
-                if (d / "config.json").is_file()
-                else [*train_args, "--loss", loss, "--seed", str(seed), "--run-dir", str(d),
-                      "--name", loss]
-            )  # fmt: skip
-            _log(f"grid: training {loss} seed {seed} -> {d}")
-            code = train_main(argv, prog=f"fvloss compare --grid ({loss}, seed {seed})")
-            if code in (130, 143):  # stopped by a signal: the checkpoint is written, stop here
-                return code
-            (runs if code == 0 else failed).append(d)
+    if not seeds or len(set(seeds)) != len(seeds) or len(set(losses)) != len(losses):
+        return fail(PROG, "--grid and --seeds: distinct values, at least one of each", 2)
+    out = (args.out or Path("runs") / "grid").resolve()
+    try:
+        config, settings = parse_flags(train_args, prog="fvloss compare --grid")
+    except SystemExit as e:
+        return int(e.code or 2)
+    scored = "pairs" in settings or (config and "pairs" in load_experiment(config))
+    spec = StudySpec(
+        path=None, name=out.name, out=str(out.parent), losses=tuple(losses), trials=None,
+        epochs=None, base=Path(config) if config else None,
+        metric="pairs_auc" if scored else "auc", sampler="grid", pruner="none",
+        settings=settings, space={"": {"seed": ("grid", *seeds)}},
+    )  # fmt: skip
+    _log(f"grid: {len(losses)} loss(es) x {len(seeds)} seed(s) as a study in {out}")
+    try:
+        prepare(spec)
+        run_worker(spec)
+    except WorkerStopped as e:  # the running trial checkpointed: the same command continues
+        _log(str(e))
+        return 128 + e.signum
+    except (OSError, ValueError) as e:
+        return fail(PROG, str(e), 2)
+    runs, failed = {}, []
+    for loss in losses:
+        for t in tuning_study(spec, loss).get_trials(deepcopy=False):
+            d = Path(t.user_attrs.get("run_dir", "?"))
+            if t.state.name == "COMPLETE":
+                runs[(seeds.index(t.params["seed"]), losses.index(loss))] = d
+            elif t.state.name == "FAIL" and "error" in t.user_attrs:
+                failed.append(f"{d} ({t.user_attrs['error']})")
     if failed:
-        _log(f"grid: {len(failed)} run(s) failed and are left out: {', '.join(map(str, failed))}")
-    return runs
+        _log(f"grid: {len(failed)} run(s) failed and are left out: {'; '.join(failed)}")
+    return [runs[k] for k in sorted(runs)]
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from ..losses import LOSSES
 from ..train import run
 from .parser import Parser, quiet_library_warnings
 
-__all__ = ["build_parser", "main", "recipe_main", "resolve_config"]
+__all__ = ["build_parser", "main", "parse_flags", "recipe_main", "resolve_config"]
 
 
 def _scale(v: str) -> float | str:
@@ -136,19 +136,30 @@ def resolve_config(
     recipe's settings (:func:`fvloss.experiment.resolve`); returns the config and where each
     non-default setting came from. ``options`` receives the command's own options given
     (``dry_run``, ``world``)."""
+    config, flags = parse_flags(argv, prog, options)
+    toml = load_experiment(config) if config else {}
+    return resolve(recipe, toml, flags, prog)
+
+
+def parse_flags(
+    argv: list[str] | None, prog: str = "fvloss train", options: dict[str, Any] | None = None
+) -> tuple[str | None, dict[str, Any]]:
+    """``argv`` as the experiment file it names (``--config``) and the settings its flags
+    give (loss settings as ``loss_settings`` tables); the command's own options (``dry_run``,
+    ``world``) go to ``options``."""
     args = vars(build_parser(prog).parse_args(argv))
     for k in ("dry_run", "world"):  # options of this command, not settings of the run
         value = args.pop(k, None)
         if options is not None and value is not None:
             options[k] = value
-    toml = load_experiment(args.pop("config")) if "config" in args else {}
+    config = args.pop("config", None)
     flag_tables: dict[str, dict[str, Any]] = {}
     for k in [k for k in args if "." in k]:
         loss, key = k.split(".", 1)
         flag_tables.setdefault(loss, {})[key] = args.pop(k)
     if flag_tables:
         args["loss_settings"] = flag_tables
-    return resolve(recipe, toml, args, prog)
+    return config, args
 
 
 def main(

@@ -100,43 +100,40 @@ def test_compare_reports_mean_std_over_seeds_and_pooled_bootstrap(four_runs, cap
     assert str(out / "roc_seeds.png") in doc["outputs"]
 
 
-def test_grid_trains_each_loss_and_seed_keeps_finished_and_resumes(tmp_path, monkeypatch):
+def test_grid_is_a_study_each_loss_and_seed_once_kept_when_done(tmp_path, monkeypatch):
+    """--grid runs on the study engine (Optuna's grid sampler): one run per loss x seed in
+    OUT/trials/<loss>-seed<seed>, a failing one left out and said so, a rerun trains nothing."""
+    pytest.importorskip("optuna")
     calls = []
 
-    def fake_train(argv, prog=""):
-        calls.append(argv)
-        if "--resume" in argv:
-            d = argv[argv.index("--resume") + 1]
-            loss, seed = "softmax", 2
-        else:
-            d = argv[argv.index("--run-dir") + 1]
-            loss, seed = argv[argv.index("--loss") + 1], int(argv[argv.index("--seed") + 1])
-        if loss == "cosface":
-            return 3  # diverged: no metrics.json
+    def fake_train(cfg, source, cbs=()):
+        calls.append(cfg)
+        if cfg.loss == "cosface":
+            raise ValueError("diverged")
+        d = Path(cfg.run_dir)
         shutil.rmtree(d, ignore_errors=True)
-        seeded_run(Path(d), loss, seed)  # the files a finished run leaves
-        return 0
+        seeded_run(d, cfg.loss, cfg.seed, name=cfg.name, epochs=cfg.epochs)
+        return {"final": {"auc": 0.9}}
 
-    monkeypatch.setattr("fvloss.cli.compare.train_main", fake_train)
+    monkeypatch.setattr("fvloss.study.engine.run", fake_train)
+    exp = tmp_path / "exp.toml"
+    exp.write_text("img_size = 48\n")
     out = tmp_path / "grid"
-    done = out / "arcface-seed1"
-    seeded_run(done, "arcface", 1)  # finished before: kept, not retrained
-    half = out / "softmax-seed2"
-    half.mkdir(parents=True)
-    (half / "config.json").write_text("{}")  # interrupted: resumed
     argv = ["--grid", "softmax,arcface,cosface", "--seeds", "1,2", "--out", str(out),
-            "--bootstrap", "0", "--", "--config", "exp.toml", "--epochs", "2"]  # fmt: skip
+            "--bootstrap", "0", "--", "--config", str(exp), "--epochs", "2"]  # fmt: skip
     assert compare.main(argv) == 0
-    trained = [(a[a.index("--loss") + 1], a[a.index("--seed") + 1]) for a in calls
-               if "--loss" in a]  # fmt: skip
-    assert trained == [("softmax", "1"), ("cosface", "1"), ("arcface", "2"), ("cosface", "2")]
-    assert ["--resume", str(half)] in calls
-    first = calls[0]
-    assert first[:4] == ["--config", "exp.toml", "--epochs", "2"]
-    assert first[first.index("--run-dir") + 1] == str(out / "softmax-seed1")
+    trained = sorted((c.loss, c.seed) for c in calls)
+    assert trained == [(loss, s) for loss in ("arcface", "cosface", "softmax") for s in (1, 2)]
+    for c in calls:
+        assert c.img_size == 48 and c.epochs == 2 and c.name == c.loss  # file, then flags
+        assert c.run_dir == str(out.resolve() / "trials" / f"{c.loss}-seed{c.seed}")
+    assert (out / "study.db").is_file()
     doc = json.loads((out / "compare-metrics" / "compare.json").read_text())
     assert {g["label"]: g["seeds"] for g in doc["groups"]} == {"softmax": [1, 2],
                                                                "arcface": [1, 2]}  # fmt: skip
+    calls.clear()
+    assert compare.main(argv) == 0  # finished runs kept; failed ones are not retried
+    assert calls == []
 
 
 @pytest.mark.parametrize(
@@ -152,3 +149,25 @@ def test_grid_trains_each_loss_and_seed_keeps_finished_and_resumes(tmp_path, mon
 def test_grid_bad_input(argv, message, capsys):
     assert compare.main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_grid_run_equals_the_same_run_trained_alone(tiny_synthetic, tmp_path):
+    """The study engine adds nothing to a run: --grid's softmax seed 3 has the weights of
+    ``fvloss train --loss softmax --seed 3`` with the same settings."""
+    pytest.importorskip("optuna")
+    import torch
+
+    from fvloss.cli import train
+
+    flags = ["--data", str(tiny_synthetic), "--img-size", "32", "--arch", "resnet18",
+             "--emb-dim", "16", "--bs", "16", "--val-pairs", "60", "--workers", "0", "--log",
+             "none", "--guard", "false", "--lr", "1e-3", "--epochs", "1", "--threads", "1"]  # fmt: skip
+    out = tmp_path / "grid"
+    argv = ["--grid", "softmax", "--seeds", "3", "--out", str(out), "--bootstrap", "0", "--"]
+    assert compare.main([*argv, *flags]) == 0
+    alone = tmp_path / "alone"
+    assert train.main([*flags, "--loss", "softmax", "--seed", "3", "--run-dir", str(alone)]) == 0
+    a = torch.load(out / "trials" / "softmax-seed3" / "model.pth", weights_only=True)
+    b = torch.load(alone / "model.pth", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
