@@ -4,6 +4,7 @@
 # then the groups (mean +- std over seeds, pooled-pair bootstrap, pooled ROC) on LFW pairsDevTest,
 # CFP-FF and CFP-FP (each in $GRID/compare-<protocol>/). Run from the repository root after recipes/celeba64.sh's alignment steps.
 # Stopped half-way, it continues where it was: finished runs are kept, interrupted ones resumed.
+# The runs live in $GRID/trials/<loss>-seed<seed> (a study with the grid sampler: docs/guide/studies.md).
 set -euo pipefail
 SHARED=${FVLOSS_SHARED:-../shared}
 LOSSES=${LOSSES:-softmax,center,arcface,cosface,sphereface,combined,subcenter,curricularface,adaface,magface,elasticface}
