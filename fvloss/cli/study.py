@@ -92,7 +92,9 @@ def _workers(args: argparse.Namespace, spec: StudySpec, gpus: list[str]) -> int:
     process goes to every worker (each checkpoints its trial and queues its retry)."""
     cmd = [sys.executable, "-m", "fvloss.cli", "study", "run", str(args.study), "--jobs", "1"]
     envs = worker_envs(args.jobs, gpus, os.environ)
-    workers = [subprocess.Popen(cmd, env=e) for e in envs]
+    # each worker in its own session: Ctrl-C reaches only this process, which passes it on
+    # once (a worker seeing the signal twice would stop at once, without its checkpoint)
+    workers = [subprocess.Popen(cmd, env=e, start_new_session=True) for e in envs]
     seen: list[int] = []
 
     def forward(signum, frame) -> None:
