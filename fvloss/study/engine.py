@@ -176,12 +176,19 @@ def tuning_study(spec: StudySpec, loss: str):
         if spec.sampler == "tpe"
         else optuna.samplers.RandomSampler(seed=spec.seed)
     )
-    pruner = (
-        optuna.pruners.MedianPruner() if spec.pruner == "median" else optuna.pruners.NopPruner()
-    )
     return optuna.create_study(study_name=f"{spec.name}-{loss}", storage=_storage(spec),
-                               direction="maximize", sampler=sampler, pruner=pruner,
+                               direction="maximize", sampler=sampler, pruner=_pruner(spec),
                                load_if_exists=True)  # fmt: skip
+
+
+def _pruner(spec: StudySpec):
+    """The median pruner, waiting for half the budget (at most Optuna's 5) of finished trials:
+    with Optuna's fixed 5, a budget of 5 trials or fewer would never prune one."""
+    import optuna
+
+    if spec.pruner != "median":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=max(1, min(5, (spec.trials or 0) // 2)))
 
 
 def finals_study(spec: StudySpec, loss: str):

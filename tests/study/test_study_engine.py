@@ -3,6 +3,7 @@ and trials stopped by a signal or a killed worker resumed from their checkpoints
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -24,6 +25,7 @@ from fvloss.study import (  # noqa: E402
     WorkerStopped,
     finals_study,
     load_study,
+    prepare,
     run_worker,
     status,
     tuning_study,
@@ -113,6 +115,21 @@ def test_a_pruned_trial_counts_against_the_budget(tmp_path, monkeypatch):
     spec = load_study(write_study(tmp_path))
     run_worker(spec)
     assert [t.state.name for t in tuning_study(spec, "softmax").trials] == ["PRUNED"] * 2
+
+
+def test_the_median_pruner_starts_after_half_a_small_budget(tmp_path):
+    # Optuna's own 5 start-up trials would leave a budget of 4 without pruning: here 2 finish,
+    # then a third trial far below their median after its first epoch is pruned.
+    spec = dataclasses.replace(load_study(write_study(tmp_path)), trials=4)
+    prepare(spec)
+    study = tuning_study(spec, "softmax")
+    for value in (0.8, 0.9):
+        t = study.ask()
+        t.report(value, 0)
+        study.tell(t, value)
+    t = study.ask()
+    t.report(0.1, 0)
+    assert t.should_prune()
 
 
 def test_a_grid_trains_each_point_once_named_after_its_values(tmp_path, fake):
