@@ -19,9 +19,19 @@ __all__ = [
     "check_image",
     "check_image_bytes",
     "IMAGE_EXTENSIONS",
+    "image_files",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_files(folder: str | Path) -> list[Path]:
+    """Every image under ``folder`` (any depth), sorted, hidden files left out."""
+    return sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )
 
 
 class ImageReadError(OSError):

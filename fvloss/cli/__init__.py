@@ -25,6 +25,10 @@ COMMANDS = {
         "fvloss.cli.export",
         "export a run's embedder to ONNX: fvloss export RUN --onnx FILE",
     ),
+    "identify": (
+        "fvloss.cli.identify",
+        "1:N identification: rank-k, TPIR@FPIR, distractors: fvloss identify --run RUN --data DIR",
+    ),
     "import-weights": (
         "fvloss.cli.import_weights",
         "a released backbone as a run folder: fvloss import-weights insightface:FILE.pth",

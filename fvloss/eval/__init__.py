@@ -7,6 +7,9 @@
   reader / writer; :mod:`.ijb` IJB-B/C template verification.
 * :mod:`.embedder`: one embedder interface (a torch model, a run folder, an ONNX model);
   :mod:`.embed`: embedding images and scoring pairs with it.
+* :mod:`.identify`: 1:N identification (closed-set CMC, open-set TPIR@FPIR, distractor
+  scaling) over :mod:`.search` (FAISS indexes); :mod:`.idsets` the gallery / probe sources;
+  :mod:`.store` embedding stores (memory-mapped, with norms).
 * :mod:`.callback`: the per-epoch verification callback (held-out identities or any protocol).
 * :mod:`.report`: the files evaluation writes and reads (score files, ``metrics.json``).
 * :mod:`.verify_cli`, :mod:`.compare`, :mod:`.embed_cli`: the ``fvloss verify``,

@@ -91,6 +91,14 @@ class Embedder:
         """Set up for a pass over many batches (a torch model: eval mode, no autograd)."""
         yield self
 
+    def width(self) -> int:
+        """The embedding width: one blank image through the preprocessing and the model."""
+        if self.transform is None:
+            raise ValueError(f"{self.name}: the embedder has no transform (preprocessing)")
+        x = self.transform(np.full((112, 112, 3), 127, np.uint8))[None]
+        with self.running():
+            return int(self.embed_batch(x).shape[1])
+
 
 class TorchEmbedder(Embedder):
     """A torch module that, in eval mode, maps ``(B, 3, H, W)`` images to ``(B, D)``.

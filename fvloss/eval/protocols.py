@@ -42,6 +42,7 @@ __all__ = [
     "FORMATS",
     "PROTOCOLS",
     "protocol_names",
+    "cfp_image_list",
     "read_cfp_pairs",
     "PairFileError",
     "PairSet",
@@ -285,7 +286,7 @@ def read_cfp_pairs(
         raise PairFileError(path, None, f"not a CFP folder: no Protocol/Split/{split} in it")
     images = proto.parent / "Data" / "Images"
     root = images if root is None else Path(root)
-    lists = {k: _cfp_list(proto / f"Pair_list_{k}.txt") for k in ("F", "P")}
+    lists = {k: cfp_image_list(proto / f"Pair_list_{k}.txt") for k in ("F", "P")}
     second = "P" if split == "FP" else "F"
     builder = _Builder(str(path))
     exists: dict[Path, bool] = {}
@@ -320,7 +321,7 @@ def read_cfp_pairs(
     return pairs
 
 
-def _cfp_list(path: Path) -> dict[int, str]:
+def cfp_image_list(path: Path) -> dict[int, str]:
     """``Pair_list_F.txt`` -> {image number: path relative to ``Data/Images``}."""
     out: dict[int, str] = {}
     for n, text in _data_lines(path):

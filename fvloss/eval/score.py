@@ -102,8 +102,12 @@ def _embed(
     skip_errors: bool = False,
     cache: dict | None = None,
     share: tuple[int, int] = (0, 1),
+    out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[int, str]]:
     """Embeddings ``(N, D)`` float32 of the images and ``{index: reason}`` of unreadable ones.
+
+    ``out``: an ``(N, D)`` array to fill (e.g. a memory-mapped ``.npy``, so a million
+    embeddings go to disk batch by batch instead of being held in memory).
 
     Unreadable images raise :class:`ImageReadError` unless ``skip_errors`` (their rows are 0).
     ``share=(rank, world)``: this rank embeds images ``rank, rank + world, ...`` and every
@@ -113,10 +117,10 @@ def _embed(
         return np.zeros((0, 0), dtype=np.float32), {}
     if embedder.transform is None:
         raise ValueError(f"{embedder.name}: the embedder has no transform (preprocessing)")
-    out: np.ndarray | None = None
     failed: dict[int, str] = {}
     rank, world = share
     mine = range(rank, len(keys), world) if world > 1 else None
+    read = 0
     with embedder.running():
         for batch in _batches(load, keys, embedder.transform, batch_size, num_workers, cache, mine):
             for i, _, reason in batch:
@@ -135,9 +139,16 @@ def _embed(
             e = e.numpy()
             if out is None:
                 out = np.zeros((len(keys), e.shape[1]), dtype=np.float32)
+            elif out.shape != (len(keys), e.shape[1]):
+                raise ValueError(
+                    f"out is {out.shape}; the embeddings are {(len(keys), e.shape[1])}"
+                )
             out[[i for i, _ in ok]] = e
+            read += len(ok)
     if world > 1:
         out, failed = _gathered(out, failed, mine, len(keys))
+    elif not read:
+        out = None
     if out is None:
         raise ImageReadError(keys[0], f"no image could be read ({len(failed)} failed)")
     return out, failed

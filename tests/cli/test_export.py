@@ -301,6 +301,7 @@ def test_verify_and_compare_take_an_onnx_model(run, onnx_path, faces_and_pairs, 
 
 def test_embed_cli_writes_paths_and_normalised_embeddings(onnx_path, run, faces_and_pairs, tmp):
     from fvloss.cli.embed import main as embed_main
+    from fvloss.eval.store import open_store
 
     root, _ = faces_and_pairs
     (root / "id0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
@@ -319,5 +320,16 @@ def test_embed_cli_writes_paths_and_normalised_embeddings(onnx_path, run, faces_
     zr = np.load(run_out)
     assert zr["paths"].tolist() == z["paths"].tolist()
     assert np.abs(zr["embeddings"] - z["embeddings"]).max() < 1e-4
+    # a store folder: the same rows, memory-mapped, with the norms; a failed pass leaves none
+    store_dir = tmp / "store"
+    assert embed_main([str(root), "--model", str(run.path), "--out", str(store_dir)]) == 1
+    assert not store_dir.exists() and not (tmp / "store.partial").exists()
+    cmd = [str(root), "--model", str(run.path), "--out", str(store_dir), "--skip-bad"]
+    assert embed_main(cmd) == 0
+    store = open_store(store_dir)
+    assert isinstance(store.embeddings, np.memmap) and store.paths == zr["paths"].tolist()
+    assert np.abs(store.embeddings - zr["embeddings"]).max() < 1e-5
+    assert store.norms.shape == (8,) and (store.norms > 0).all()
+    assert store.skipped == ["id0/broken.png: " + zr["skipped"][0].split(": ", 1)[1]]
     (root / "id0" / "broken.png").unlink()
     assert embed_main([str(tmp / "absent"), "--model", str(run.path), "--out", str(out)]) == 2
