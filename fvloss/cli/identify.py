@@ -23,7 +23,9 @@ from ..eval.identify import (
     identify,
 )
 from ..eval.idsets import IdentificationSet, from_cfp, from_csv, from_folder
-from ..eval.score import _embed, _PathLoader
+from ..eval.ijb import embed_ijb, read_ijb
+from ..eval.ijb_1n import GALLERIES, evaluate_ijb_1n, read_1n_lists
+from ..eval.score import _embed, _PathLoader, embed_arrays
 from ..eval.search import INDEXES
 from ..eval.store import open_store
 from ..imageio import ImageReadError, image_files
@@ -54,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--data", type=Path, help="identity folder: root/<identity>/*.jpg")
     src.add_argument("--cfp", type=Path, help="CFP folder (Protocol/, Data/): frontal -> profile")
     src.add_argument("--csv", type=Path, help="rows path,identity,role (gallery|probe|distractor)")
+    src.add_argument("--ijb", type=Path, help="IJB-B/C folder: the 1:N gallery and probe lists")
+    p.add_argument(
+        "--ijb-gallery",
+        choices=GALLERIES,
+        default="G1",
+        help="--ijb: one gallery (open set, NIST) or both (closed set, insightface)",
+    )
+    p.add_argument("--skip-missing", action="store_true", help="--ijb: drop missing images")
     p.add_argument("--root", type=Path, help="images root for --cfp (aligned copy) or --csv")
     p.add_argument(
         "--gallery-per-id", type=int, default=1, help="--data: gallery images per identity"
@@ -120,12 +130,55 @@ def _distractors(args, embedder, s: IdentificationSet):
     return store.embeddings
 
 
+def _write(args, doc: dict) -> None:
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write(args.out / "identify.json", json.dumps(doc, indent=1))
+        print(f"wrote {args.out / 'identify.json'}")
+
+
+def _ijb(args, embedder) -> int:
+    """IJB-B/C 1:N: templates pooled as for 1:1, then searched (see fvloss.eval.ijb_1n)."""
+    try:
+        ijb = read_ijb(args.ijb, skip_missing=args.skip_missing, pairs=False)
+        lists = read_1n_lists(ijb.root, ijb.name)
+    except (ValueError, OSError) as e:
+        return fail(PROG, str(e), 2)
+    t0 = time.perf_counter()
+    try:
+        emb = embed_ijb(
+            ijb, lambda imgs: embed_arrays(embedder, imgs, batch_size=args.batch_size),
+            batch_size=args.batch_size, num_workers=args.num_workers,
+        )  # fmt: skip
+        res, counts = evaluate_ijb_1n(
+            ijb, lists, emb, args.ijb_gallery, max_rank=args.max_rank, fpirs=args.fpir,
+            index=args.index,
+        )  # fmt: skip
+    except ImageReadError as e:
+        return fail(PROG, f"{e} (use --skip-missing to drop such images)", 1)
+    except (ValueError, ImportError) as e:
+        return fail(PROG, str(e), 2)
+    print(
+        f"{ijb.name} 1:N, gallery {args.ijb_gallery}: "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    print(format_identification(res, embedder.name))
+    doc = {"model": str(args.run or args.model), "set": f"{ijb.name} 1:N {args.ijb_gallery}"}
+    _write(
+        args,
+        {**doc, "counts": counts, "seconds": round(time.perf_counter() - t0, 2), **res.to_json()},
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``fvloss identify``: 0 on success, 2 for bad input, 1 for an unreadable image."""
     args = _parser().parse_args(argv)
     try:
-        s = _source(args)
         embedder = load_embedder(args.run or args.model, args)
+        if args.ijb is not None:
+            return _ijb(args, embedder)
+        s = _source(args)
     except (ValueError, OSError) as e:
         return fail(PROG, str(e), 2)
     print(s.summary())
@@ -166,7 +219,6 @@ def main(argv: list[str] | None = None) -> int:
             r5 = f"{100 * pt.rank(5):7.2f}%" if args.max_rank >= 5 else "      -"
             print(f"{pt.distractors:>12} {100 * pt.rank(1):7.2f}% {r5} {pt.ms_per_query:9.3f}")
     if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
         doc = {
             "model": str(args.run or args.model),
             "set": s.name,
@@ -177,6 +229,5 @@ def main(argv: list[str] | None = None) -> int:
             **res.to_json(),
             "scaling": [vars(p) for p in points],
         }
-        atomic_write(args.out / "identify.json", json.dumps(doc, indent=1))
-        print(f"wrote {args.out / 'identify.json'}")
+        _write(args, doc)
     return 0

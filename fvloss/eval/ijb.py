@@ -285,8 +285,12 @@ def _listed_images(loose: Path, names: Sequence[str]) -> np.ndarray:
     return np.array([n in present if "/" not in n else (loose / n).is_file() for n in names], bool)
 
 
-def read_ijb(root: str | Path, name: str | None = None, skip_missing: bool = False) -> IJBSet:
+def read_ijb(
+    root: str | Path, name: str | None = None, skip_missing: bool = False, pairs: bool = True
+) -> IJBSet:
     """Read an IJB-B / IJB-C 1:1 protocol from ``root`` (or ``root/IJBC``, ``root/IJBB``).
+
+    ``pairs=False`` reads the images only (no template pair file: 1:N, :mod:`.ijb_1n`).
 
     ``name`` ("IJBB"/"IJBC") picks the meta files; ``None`` detects it from the files present.
     Malformed lines, a missing meta file, an image listed in one meta file but not the other,
@@ -298,7 +302,7 @@ def read_ijb(root: str | Path, name: str | None = None, skip_missing: bool = Fal
     paths = meta_paths(root, name)
     names, tid_lines, ids = _read_tid_mid(paths["tid_mid"])
     lmk = _read_landmarks(paths["landmarks"])
-    rows = _read_pairs(paths["pairs"])
+    rows = _read_pairs(paths["pairs"]) if pairs else np.zeros((0, 3), np.int64)
 
     # Both files list the same images (in the release, in the same order); join them by name
     # so that a reordered file still pairs each image with its own landmarks.

@@ -89,3 +89,25 @@ def test_bad_input_one_line_and_exit_2(run_dir, tiny_synthetic, tmp_path, capsys
     args = ["--run", str(run_dir), "--data", str(tiny_synthetic), "--distractors", str(wide)]
     assert identify_main(args) == 2
     assert "distractors are 17-d but probes are 16-d" in capsys.readouterr().err
+
+
+def test_ijb_1n_from_its_meta_files(run_dir, tmp_path, capsys):
+    from test_ijb import noise_images
+
+    from fvloss.align.warp import ARCFACE_TEMPLATE
+    from fvloss.eval.ijb import write_ijb_layout
+    from fvloss.eval.ijb_1n import write_1n_lists
+
+    lm = ARCFACE_TEMPLATE * (48 / 112)
+    items = [(p, t, t, lm, 0.9) for p, t in zip(noise_images(tmp_path / "src", 4), (1, 2, 3, 4))]
+    root = write_ijb_layout(tmp_path / "IJBC", items, [])
+    write_1n_lists(root, "IJBC", {"G1": {1: 10}, "G2": {2: 20}, "probe": {3: 10, 4: 20}})
+    args = ["--run", str(run_dir), "--ijb", str(root), "--max-rank", "2", "--out", str(tmp_path)]
+    assert identify_main([*args, "--ijb-gallery", "both"]) == 0
+    assert "IJBC 1:N, gallery both: G1+G2 2, dropped_G1+G2 0, probe 2, dropped_probe 0" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "identify.json").read_text())
+    assert (doc["n_gallery"], doc["n_mated"], doc["n_nonmated"]) == (2, 2, 0)
+    assert doc["cmc"][-1] == 1.0  # two identities: everyone within rank 2
+    assert identify_main(args) == 0  # G1: the probe of subject 20 is non-mated
+    doc = json.loads((tmp_path / "identify.json").read_text())
+    assert (doc["n_mated"], doc["n_nonmated"]) == (1, 1)
