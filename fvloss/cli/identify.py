@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval.fairness import cfp_pose, identification_by_group, image_groups, read_attributes
 from ..eval.identify import (
     DEFAULT_FPIRS,
     distractor_scaling,
@@ -66,8 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-missing", action="store_true", help="--ijb: drop missing images")
     p.add_argument("--root", type=Path, help="images root for --cfp (aligned copy) or --csv")
     p.add_argument(
-        "--gallery-per-id", type=int, default=1, help="--data: gallery images per identity"
+        "--gallery-per-id",
+        type=int,
+        help="gallery images per identity (--data: default 1; --cfp: frontal ones, default all)",
     )
+    p.add_argument("--groups",
+                   help="rank-1 per group of probes: a key,group CSV (image path or identity) "
+                   "or cfp-pose (frontal / profile probes)")  # fmt: skip
     p.add_argument(
         "--unenrolled",
         type=float,
@@ -95,9 +101,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _source(args: argparse.Namespace) -> IdentificationSet:
     if args.data is not None:
-        return from_folder(args.data, args.gallery_per_id, args.unenrolled, args.seed)
+        return from_folder(args.data, args.gallery_per_id or 1, args.unenrolled, args.seed)
     if args.cfp is not None:
-        return from_cfp(args.cfp, args.root, args.unenrolled, args.seed)
+        return from_cfp(args.cfp, args.root, args.unenrolled, args.seed, args.gallery_per_id)
     return from_csv(args.csv, args.root)
 
 
@@ -128,6 +134,19 @@ def _distractors(args, embedder, s: IdentificationSet):
     if store.meta.get("model") not in (None, str(args.run or args.model)):
         print(f"note: {args.distractors} was embedded by {store.meta['model']}, not this model")
     return store.embeddings
+
+
+def _by_group(args, s: IdentificationSet, probe_paths: list[Path], res):
+    """Rank-1 per group of the mated probes (``--groups``), or None."""
+    if args.groups is None:
+        return None
+    if args.groups == "cfp-pose":
+        groups = cfp_pose(probe_paths)
+    else:
+        root = args.data or args.root
+        groups = image_groups(probe_paths, read_attributes(args.groups), root)
+    mated = res.probes.mated
+    return identification_by_group(res.probes.rank[mated], [g for g, m in zip(groups, mated) if m])
 
 
 def _write(args, doc: dict) -> None:
@@ -210,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
                 gallery, g_labels, probes[mated], np.asarray(p_labels)[mated], distractors,
                 sizes, max_rank=args.max_rank, index=args.index,
             )  # fmt: skip
-    except (ValueError, ImportError, RuntimeError) as e:
+        by_group = _by_group(args, s, [s.probes[i] for i in p_rows], res)
+    except (ValueError, ImportError, RuntimeError, OSError) as e:
         return fail(PROG, str(e), 2)
     print(format_identification(res, embedder.name))
+    if by_group is not None:
+        print(by_group.format())
     if points:
         print(f"{'distractors':>12} {'rank-1':>8} {'rank-5':>8} {'ms/query':>9}")
         for pt in points:
@@ -228,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped": [f"{k}: {v}" for k, v in sorted(failed.items())],
             **res.to_json(),
             "scaling": [vars(p) for p in points],
+            "groups": None if by_group is None else vars(by_group),
         }
         _write(args, doc)
     return 0

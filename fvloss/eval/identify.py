@@ -146,6 +146,7 @@ class IdentificationResult:
     thresholds: dict[float, float | None] = field(default_factory=dict)
     reasons: dict[float, str] = field(default_factory=dict)
     curve: tuple[list[float], list[float]] = ([], [])
+    probes: ProbeRanks | None = field(default=None, repr=False)  # each probe's outcome
 
     def rank(self, r: int) -> float:
         """Share of mated probes whose identity is among the first ``r``."""
@@ -243,6 +244,7 @@ def identify(
         n_mated=n_mated,
         n_nonmated=len(ranks.mated) - n_mated,
         cmc=[float(np.mean(rk <= r)) for r in range(1, max_rank + 1)],
+        probes=ranks,
     )
     if res.n_nonmated:
         _open_set(ranks, fpirs, res)

@@ -113,12 +113,18 @@ def from_folder(
 
 
 def from_cfp(
-    cfp: str | Path, root: str | Path | None = None, unenrolled: float = 0.0, seed: int = 0
+    cfp: str | Path,
+    root: str | Path | None = None,
+    unenrolled: float = 0.0,
+    seed: int = 0,
+    gallery_per_id: int | None = None,
 ) -> IdentificationSet:
     """CFP's frontal photos as the gallery, its profile photos as probes.
 
     ``cfp`` is the CFP folder (``Protocol/``, ``Data/``); ``root`` replaces ``Data/Images``
-    (an aligned copy). An image listed in the protocol but missing is an error.
+    (an aligned copy). ``gallery_per_id``: enrol that many frontal photos of each identity
+    (drawn with ``seed``) and probe with the rest too, so frontal and profile probes can be
+    compared (:func:`fvloss.eval.fairness.cfp_pose`). A listed image that is missing is an error.
     """
     cfp = Path(cfp)
     _check_share(unenrolled)
@@ -128,12 +134,24 @@ def from_cfp(
     images = Path(root) if root is not None else proto.parent / "Data" / "Images"
     lists = {k: sorted(cfp_image_list(proto / f"Pair_list_{k}.txt").values()) for k in "FP"}
     ids = sorted({rel.split("/")[0] for rel in lists["F"]})
-    out_ids = _left_out(ids, unenrolled, np.random.default_rng(seed))
-    s = IdentificationSet(f"cfp frontal -> profile{f' (seed {seed})' if out_ids else ''}")
+    rng = np.random.default_rng(seed)
+    out_ids = _left_out(ids, unenrolled, rng)
+    drawn = f" (seed {seed})" if out_ids or gallery_per_id else ""
+    s = IdentificationSet(f"cfp frontal -> {'frontal + ' if gallery_per_id else ''}profile{drawn}")
+    frontal: dict[str, list[str]] = {}
     for rel in lists["F"]:
-        if rel.split("/")[0] not in out_ids:
-            s.gallery.append(images / rel)
-            s.gallery_labels.append(rel.split("/")[0])
+        frontal.setdefault(rel.split("/")[0], []).append(rel)
+    for ident, rels in frontal.items():
+        enrol = rels if ident not in out_ids else []
+        if gallery_per_id is not None and enrol:
+            pick = set(rng.permutation(len(rels))[:gallery_per_id].tolist())
+            enrol = [r for i, r in enumerate(rels) if i in pick]
+        s.gallery += [images / r for r in enrol]
+        s.gallery_labels += [ident] * len(enrol)
+        if gallery_per_id is not None or ident in out_ids:
+            rest = [r for r in rels if r not in enrol] if gallery_per_id is not None else []
+            s.probes += [images / r for r in rest]
+            s.probe_labels += [ident] * len(rest)
     for rel in lists["P"]:
         s.probes.append(images / rel)
         s.probe_labels.append(rel.split("/")[0])

@@ -104,10 +104,28 @@ def test_ijb_1n_from_its_meta_files(run_dir, tmp_path, capsys):
     write_1n_lists(root, "IJBC", {"G1": {1: 10}, "G2": {2: 20}, "probe": {3: 10, 4: 20}})
     args = ["--run", str(run_dir), "--ijb", str(root), "--max-rank", "2", "--out", str(tmp_path)]
     assert identify_main([*args, "--ijb-gallery", "both"]) == 0
-    assert "IJBC 1:N, gallery both: G1+G2 2, dropped_G1+G2 0, probe 2, dropped_probe 0" in capsys.readouterr().out
+    assert (
+        "IJBC 1:N, gallery both: G1+G2 2, dropped_G1+G2 0, probe 2, dropped_probe 0"
+        in capsys.readouterr().out
+    )
     doc = json.loads((tmp_path / "identify.json").read_text())
     assert (doc["n_gallery"], doc["n_mated"], doc["n_nonmated"]) == (2, 2, 0)
     assert doc["cmc"][-1] == 1.0  # two identities: everyone within rank 2
     assert identify_main(args) == 0  # G1: the probe of subject 20 is non-mated
     doc = json.loads((tmp_path / "identify.json").read_text())
     assert (doc["n_mated"], doc["n_nonmated"]) == (1, 1)
+
+
+def test_rank1_per_group_from_an_attribute_file(run_dir, tiny_synthetic, tmp_path, capsys):
+    ids = sorted(d.name for d in tiny_synthetic.iterdir() if d.is_dir())
+    groups = tmp_path / "groups.csv"
+    groups.write_text(
+        "".join(f"{name},{'even' if i % 2 == 0 else 'odd'}\n" for i, name in enumerate(ids))
+    )
+    args = ["--run", str(run_dir), "--data", str(tiny_synthetic), "--groups", str(groups)]
+    assert identify_main([*args, "--out", str(tmp_path)]) == 0
+    assert "gap (" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "identify.json").read_text())
+    g = doc["groups"]
+    assert g["metric"] == "rank1" and g["counts"] == {"even": 9, "odd": 9}
+    assert np.mean(list(g["values"].values())) == pytest.approx(doc["cmc"][0])  # equal-sized groups

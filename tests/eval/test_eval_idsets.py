@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fvloss.eval.fairness import cfp_pose
 from fvloss.eval.idsets import from_cfp, from_csv, from_folder
 
 
@@ -76,6 +77,10 @@ def test_cfp_frontal_gallery_profile_probes(tmp_path):
         from_cfp(cfp, root=aligned)
     s2 = from_cfp(cfp, unenrolled=0.34, seed=1)
     assert len(set(s2.gallery_labels)) == 2 and s2.open_set
+    # one frontal photo enrolled a person: the other frontal ones are probes beside the profiles
+    s3 = from_cfp(cfp, gallery_per_id=1, seed=2)
+    assert len(s3.gallery) == 3 and len(s3.probes) == 6 + 6 and not set(s3.gallery) & set(s3.probes)
+    assert sorted(cfp_pose(s3.probes)) == ["frontal"] * 6 + ["profile"] * 6
 
 
 def test_csv_roles_and_bad_rows(tmp_path):
