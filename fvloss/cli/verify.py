@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval.fairness import image_groups, read_attributes, verification_by_group
 from ..eval.ijb import evaluate_ijb, format_ijb, read_ijb
 from ..eval.load import as_embedder
 from ..eval.metrics import VerificationResult, format_result, verify_scores
@@ -171,6 +172,12 @@ def _parser() -> argparse.ArgumentParser:
         help="insightface .bin sets (scored with insightface's protocol: flip-sum, 10 folds)",
     )
     p.add_argument("--ijb", type=Path, help="IJB-B or IJB-C folder (meta/ and loose_crop/)")
+    p.add_argument(
+        "--groups", type=Path,
+        help="key,group CSV (image path or identity): AUC per group, FNMR / FMR at one "
+        "threshold, the worst-best gap with a bootstrap interval (OUT/<protocol>.groups.json)",
+    )  # fmt: skip
+    p.add_argument("--group-far", type=float, default=1e-2, help="FAR of that one threshold")
     p.add_argument("--out", type=Path, help="output folder (default: RUN/verify)")
     add_model_options(p)
     return p
@@ -224,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         if result.n_skipped > 5:
             print(f"  ... and {result.n_skipped - 5} more (all listed in the JSON up to 100)")
         print(f"wrote {json_path}, {png_path} and {pairs.name}.scores.npz ({seconds:.1f} s)\n")
+        if args.groups is not None and (code := _groups(args, kept, scores, out)):
+            return code
     if args.ijb is not None:
         code = _ijb(embedder, args, out, label)
         if code:
@@ -232,6 +241,21 @@ def main(argv: list[str] | None = None) -> int:
         print(paper_table(label, results))
     if args.run is not None:
         _training_figure(model, out)
+    return 0
+
+
+def _groups(args: argparse.Namespace, kept: PairSet, scores: np.ndarray, out: Path) -> int:
+    """Verification per group of ``--groups``; writes ``OUT/<protocol>.groups.json``."""
+    try:
+        groups = image_groups(kept.paths, read_attributes(args.groups), args.root)
+        gap = verification_by_group(
+            scores, kept.same, [groups[i] for i in kept.index[:, 0]],
+            [groups[i] for i in kept.index[:, 1]], far=args.group_far,
+        )  # fmt: skip
+    except (ValueError, OSError) as e:
+        return fail(PROG, str(e), 2)
+    print(gap.format() + "\n")
+    write_json(out / f"{kept.name}.groups.json", vars(gap))
     return 0
 
 

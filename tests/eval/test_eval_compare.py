@@ -463,6 +463,16 @@ def test_verify_writes_the_scores_compare_reads(tmp_path, monkeypatch, capsys):
     )
     assert "dev.scores.npz" in capsys.readouterr().out
     pairs = read_pairs(csv, tmp_path / "img")
+    # per group (an identity -> group file): pairs within a group are scored, 64 cross ones not
+    groups = tmp_path / "groups.csv"
+    groups.write_text("id0,A\nid1,A\nid2,B\nid3,B\n")
+    cmd = ["--run", str(run), "--pairs", str(csv), "--root", str(tmp_path / "img")]
+    assert verify_main([*cmd, "--groups", str(groups), "--group-far", "0.05"]) == 0
+    g = json.loads((run / "verify" / "dev.groups.json").read_text())
+    assert g["counts"] == {"A": 28, "B": 28} and "64 cross-group pairs" in g["notes"][0]
+    assert "gap (" in capsys.readouterr().out
+    assert verify_main([*cmd, "--groups", str(groups)]) == 2  # 96 impostors cannot resolve 1e-2
+    assert "cannot resolve FAR 0.01" in capsys.readouterr().err
     with np.load(run / "verify" / "dev.scores.npz") as z:
         assert z["scores"].dtype == np.float64 and z["same"].dtype == bool
         assert z["folds"].shape == (0,)  # the CSV defines no folds
