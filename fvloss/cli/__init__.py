@@ -38,6 +38,10 @@ COMMANDS = {
         "write an identity folder as RecordIO: fvloss pack FOLDER OUT_DIR",
     ),
     "pack-bin": ("fvloss.cli.pack_bin", "write a pair protocol as an insightface .bin"),
+    "quality": (
+        "fvloss.cli.quality",
+        "error-vs-reject and the norm under degradation: fvloss quality RUN --pairs P",
+    ),
     "study": (
         "fvloss.cli.study",
         "tune every loss with the same budget: fvloss study run STUDY.toml",
