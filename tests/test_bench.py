@@ -31,9 +31,10 @@ REPO = Path(__file__).resolve().parents[1]
         ["bench/memory.py", "--heads-only", "--classes", "1000", "--dims", "16"],
         ["bench/data_index.py", "--images", "2000"],
         ["bench/study_overhead.py", "--quick", "--runs", "0"],
+        ["bench/faiss_search.py", "--sizes", "2000", "--dim", "16", "--queries", "50"],
     ],
     ids=["gpu_bench", "overhead", "data_pipeline", "bodies", "ddp", "memory_heads", "data_index",
-         "study_overhead"],
+         "study_overhead", "faiss_search"],
 )  # fmt: skip
 def test_bench_script_runs(args, tmp_path):
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "TMPDIR": str(tmp_path)}
