@@ -160,6 +160,13 @@ class Config:
     val_bins_every: int = _opt(
         1, "every N epochs (and after the last), with flip-sum as insightface"
     )
+    val_identify: str | None = _opt(
+        None,
+        "1:N identification scored during training: a CFP folder (frontal gallery, profile "
+        "probes) or an identity folder (one image enrolled a person); columns id_rank1, id_rank5",
+    )
+    val_identify_root: str | None = _opt(None, "its images' root (CFP: an aligned copy)")
+    val_identify_every: int = _opt(1, "identify every N epochs (and after the last)")
     # output
     out: str = _opt("runs", "folder for run folders")
     run_dir: str | None = _opt(None, "explicit run folder; default OUT/<name>-<timestamp>")

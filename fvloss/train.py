@@ -32,6 +32,7 @@ from .callbacks.checkpoint import (
     restore_weights,
 )
 from .callbacks.guard import DivergenceGuard
+from .callbacks.identify import IdentifyEvery
 from .callbacks.precision import mixed_precision_cb
 from .callbacks.tracking import tracking_cbs
 from .callbacks.verify import VerifyPairs
@@ -39,6 +40,7 @@ from .config import Config
 from .data.loaders import face_dls
 from .data.synthetic import SyntheticSpec, default_cache_dir, make_synthetic
 from .data.transforms import EvalTransform
+from .eval.idsets import from_cfp, from_folder
 from .eval.plots import score_histogram_figure, training_figure
 from .eval.protocols import read_pairs
 from .eval.report import RunMetrics, write_outputs, write_pair_figures
@@ -203,6 +205,7 @@ def make_learner(cfg: Config, dls, run_dir: Path):
     """``(Learner, {name: VerifyPairs})``: the body, head and callbacks of ``cfg``, plus one
     per-epoch scorer per pair protocol, checkpointing into ``run_dir/checkpoints``."""
     pair_cbs = _pair_callbacks(cfg)
+    eval_cbs = [*pair_cbs.values(), *_identify_callbacks(cfg)]
     learn = face_learner(
         dls, loss=cfg.loss, arch=cfg.arch, emb_dim=cfg.emb_dim, pretrained=cfg.pretrained,
         dropout=cfg.dropout, freeze_neck_scale=cfg.freeze_neck_scale, settings=cfg.loss_settings.get(cfg.loss),
@@ -211,7 +214,7 @@ def make_learner(cfg: Config, dls, run_dir: Path):
         nesterov=cfg.nesterov, beta2=cfg.beta2, eps=cfg.eps, wd=cfg.wd,
         wd_exclude=cfg.wd_exclude, head_lr=cfg.head_lr, clip=cfg.clip, clip_part=cfg.clip_part,
         accum=cfg.accum, channels_last=cfg.channels_last, compile=cfg.compile,
-        cbs=list(pair_cbs.values()), path=run_dir, model_dir="checkpoints",
+        cbs=eval_cbs, path=run_dir, model_dir="checkpoints",
     )  # fmt: skip
     if cfg.init and not cfg.resume:  # fine-tuning: a resumed run has its own weights
         _init_embedder(cfg, learn)
@@ -429,6 +432,12 @@ def _write_verification(learn, pair_cbs: dict, run_dir: Path, metrics: RunMetric
         write_outputs(cb.last, run_dir / "verify", name, meta=meta, scores=cb.last_scores,
                       pairs=cb.last_pairs)  # fmt: skip
         metrics.evals[name] = cb.last.scalars()
+    for cb in learn.cbs:
+        if isinstance(cb, IdentifyEvery) and cb.last is not None:
+            (run_dir / "verify").mkdir(exist_ok=True)
+            doc = {"set": cb.idset.name, "notes": cb.idset.notes, **cb.last.to_json()}
+            write_json(run_dir / "verify" / "identify.json", doc)
+            metrics.evals["identify"] = cb.last.row()
     held = next((c for c in learn.cbs if isinstance(c, VerifyPairs) and c.held_out), None)
     if held is None or held.last is None:
         return
@@ -490,6 +499,24 @@ def _pair_callbacks(cfg: Config) -> dict:
             pairs, tfm, every=every, flip=flip, prefix=prefix, cache=cache
         )
     return cbs
+
+
+def _identify_callbacks(cfg: Config) -> list:
+    """``[IdentifyEvery]`` for ``cfg.val_identify`` (columns ``id_*``), or none."""
+    if not cfg.val_identify:
+        return []
+    path = Path(cfg.val_identify)
+    cfp = (path / "Protocol" / "Pair_list_F.txt").is_file() or (path / "Pair_list_F.txt").is_file()
+    idset = (
+        from_cfp(path, cfg.val_identify_root) if cfp
+        else from_folder(path, gallery_per_id=1, seed=cfg.seed)
+    )  # fmt: skip
+    _log(
+        f"identification {idset.summary().splitlines()[0]}, every {cfg.val_identify_every} epoch(s) (columns id_*)"
+    )
+    tfm = EvalTransform(cfg.img_size, cfg.mean, cfg.std)
+    cache = len(idset.gallery + idset.probes) * 3 * cfg.img_size**2 * 4 < 2**30
+    return [IdentifyEvery(idset, tfm, every=cfg.val_identify_every, cache=cache)]
 
 
 class PlainTable:

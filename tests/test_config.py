@@ -321,7 +321,7 @@ RUN_LEVEL = {
     "val_bins_every", "out", "run_dir", "resume", "checkpoint_steps", "checkpoint_minutes",
     "progress", "log", "lr_batch", "warmup_epochs", "warmup_steps", "poly_power", "milestones",
     "step_factor", "init", "source", "published", "hardware", "expect_images",
-    "expect_identities",
+    "expect_identities", "val_identify", "val_identify_root", "val_identify_every",
 }  # fmt: skip
 
 

@@ -24,8 +24,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from fastai.callback.core import Callback
-from fastai.learner import Metric, Recorder
 from fastai.torch_core import get_model
 
 from ..eval.metrics import (
@@ -39,6 +37,7 @@ from ..eval.protocols import PairSet
 from ..eval.report import write_outputs
 from ..eval.score import score_pairs
 from ..ranks import rank, world_size
+from .epoch_eval import NA, EpochEvaluation, NotAvailable
 from .timing import timed
 
 __all__ = ["DEFAULT_COLUMNS", "NA", "HeldOutPairs", "NotAvailable", "VerifyPairs", "column_names"]
@@ -75,45 +74,7 @@ class HeldOutPairs:
         return f"HeldOutPairs(n_pairs={self.n_pairs}, seed={self.seed})"
 
 
-class NotAvailable(float):
-    """NaN that prints as ``n/a``: a number that could not be computed (an epoch not scored, a
-    TAR whose FAR too few different pairs resolve). Still a float and still NaN for code
-    (``math.isnan``) and ``null`` in JSON; only progress tables show it differently, since
-    fastai formats each value with ``f"{v:.6f}"``."""
-
-    def __new__(cls) -> NotAvailable:
-        return super().__new__(cls, math.nan)
-
-    def __format__(self, spec: str) -> str:
-        width = "".join(c for c in spec.split(".")[0] if c.isdigit())  # "12.6f" -> "12"
-        return format("n/a", f">{width}" if width else "")
-
-    def __repr__(self) -> str:
-        return "n/a"
-
-    __str__ = __repr__
-
-
-NA = NotAvailable()
-
-
-class _PairMetric(Metric):
-    """A progress-table column showing one number of the callback's latest evaluation."""
-
-    def __init__(self, cb: VerifyPairs, key: str):
-        self.cb, self.key = cb, key
-
-    @property
-    def value(self) -> float:
-        v = self.cb.current.get(self.key, math.nan)
-        return NA if math.isnan(v) else v
-
-    @property
-    def name(self) -> str:
-        return self.cb.prefix + self.key
-
-
-class VerifyPairs(Callback):
+class VerifyPairs(EpochEvaluation):
     """Score ``learn.model`` on verification pairs during ``fit``, every ``every`` epochs.
 
     ``pairs`` is a :class:`HeldOutPairs` (embeddings of fastai's validation pass) or a
@@ -132,15 +93,6 @@ class VerifyPairs(Callback):
     the columns NaN. ``best*`` and ``history`` restart with each ``fit``.
     """
 
-    # Before the Recorder (50): its before_fit reads learn.metrics to build the column names
-    # and its after_validate reads each metric's value, so our columns must be registered and
-    # our evaluation done earlier in both events. After TrainEvalCallback (-10), which puts the
-    # model on its device. Trackers such as SaveModelCallback(monitor="auc") (60) then see the
-    # numbers in recorder.values at after_epoch.
-    order = Recorder.order - 10
-    remove_on_fetch = True  # get_preds' fetch callbacks drop us, like the Recorder
-    _only_train_loop = True  # learn.summary() leaves us out
-
     def __init__(
         self,
         pairs: PairSet | HeldOutPairs,
@@ -157,13 +109,10 @@ class VerifyPairs(Callback):
         out_dir: str | Path | None = None,
         embedder: Callable | None = None,
     ):
-        super().__init__()
-        if every < 1:
-            raise ValueError("every must be >= 1")
+        super().__init__(every, prefix, [_column(c) for c in columns])
         if isinstance(pairs, PairSet) and transform is None:
             raise ValueError("a PairSet needs the transform its images are embedded with")
-        self.pairs, self.transform, self.every, self.flip = pairs, transform, every, flip
-        self.prefix, self.columns = prefix, tuple(_column(c) for c in columns)
+        self.pairs, self.transform, self.flip = pairs, transform, flip
         self.batch_size, self.num_workers, self.n_folds = batch_size, num_workers, n_folds
         self.fars, self.out_dir, self.embedder = tuple(fars), out_dir, embedder
         known = column_names(self.fars)
@@ -171,14 +120,6 @@ class VerifyPairs(Callback):
         if unknown:
             raise ValueError(f"unknown columns {unknown}; choose from {known}")
         self.image_cache: dict | None = {} if cache else None
-        self.col_metrics = [_PairMetric(self, k) for k in self.columns]
-        self.current: dict[str, float] = {}
-        self.last: VerificationResult | None = None
-        self.best, self.best_epoch = -math.inf, None
-        self.best_result: VerificationResult | None = None
-        self.history: list[tuple[int, dict[str, float]]] = []
-        self.trained = False
-        self.epoch_result: VerificationResult | None = None
         self._embs: list[torch.Tensor] = []
         self._labels: list[torch.Tensor] = []
 
@@ -234,25 +175,7 @@ class VerifyPairs(Callback):
         scores, same, folds = self._scores(model)
         return verify_scores(scores, same, folds, self.n_folds, self.fars)
 
-    def _our_metric(self, m) -> bool:
-        return isinstance(m, _PairMetric) and m.cb is self
-
-    # -- events -------------------------------------------------------------------------------
-    def before_fit(self) -> None:
-        others = [m for m in self.learn.metrics if not self._our_metric(m)]
-        self.learn.metrics = others + self.col_metrics
-        self.best, self.best_epoch, self.best_result = -math.inf, None, None
-        self.history, self.last, self.current = [], None, {}
-
-    def before_epoch(self) -> None:
-        self.current, self.trained, self.epoch_result = {}, False, None
-
-    def after_train(self) -> None:
-        self.trained = True  # tells a fit's validation from learn.validate()/get_preds()
-
-    def after_cancel_validate(self) -> None:
-        self.trained = False  # e.g. lr_find cancels validation: no evaluation either
-
+    # -- events (the rest: EpochEvaluation) ---------------------------------------------------
     def before_validate(self) -> None:
         self._embs, self._labels = [], []
         if self.held_out:
@@ -285,9 +208,7 @@ class VerifyPairs(Callback):
     def after_validate(self) -> None:
         if self.held_out:
             self._gather()
-        epoch = getattr(self.learn, "epoch", 0)
-        n_epoch = getattr(self.learn, "n_epoch", 1)
-        due = (epoch + 1) % self.every == 0 or epoch == n_epoch - 1
+        epoch, due = getattr(self.learn, "epoch", 0), self.due()
         if self.held_out:
             if not self._embs or not (due or not self.trained):
                 return
@@ -310,24 +231,9 @@ class VerifyPairs(Callback):
             return  # too few validation identities for both kinds of pair: nothing to measure
         with timed(self.learn, "scoring"):
             result = verify_scores(scores, same, folds, self.n_folds, self.fars)
-        self.last = self.epoch_result = result
+        self.record(result.scalars(), result)
         self.last_scores, self.last_same = scores, same  # the histogram's (write_pair_figures)
-        self.current = result.scalars()
         if self.out_dir is not None and self.trained:
             source = "held-out identities" if self.held_out else self.pairs.source
             meta = {"epoch": epoch, "pairs": source, "flip": self.flip}
             write_outputs(result, self.out_dir, f"{self.prefix}epoch{epoch:03d}", meta)
-
-    def after_epoch(self) -> None:
-        if not (self.trained and self.current):
-            return  # not a fit's epoch, or not one we evaluated
-        epoch = self.learn.epoch
-        self.history.append((epoch, dict(self.current)))
-        r = self.epoch_result
-        if r is not None and r.auc > self.best:
-            self.best, self.best_epoch, self.best_result = r.auc, epoch, r
-
-    def after_fit(self) -> None:
-        # Leave learn.metrics as we found it: a later validate()/fit without us shows no
-        # stale columns.
-        self.learn.metrics = [m for m in self.learn.metrics if not self._our_metric(m)]
