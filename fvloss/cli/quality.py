@@ -18,9 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from ..eval.fairness import verification_by_group
 from ..eval.metrics import roc_auc
 from ..eval.protocols import PairFileError, read_pairs
-from ..eval.quality import DEFAULT_REJECT, DEGRADATIONS, norm_response, reject_curve_verification
+from ..eval.quality import (
+    DEFAULT_REJECT,
+    DEGRADATIONS,
+    degrade,
+    norm_response,
+    reject_curve_verification,
+)
 from ..eval.score import _embed, _PathLoader, embed_arrays
 from ..imageio import ImageReadError, read_rgb
 from ..jsonio import atomic_write
@@ -55,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--degrade", type=int, default=0, metavar="N", help="norm response on N images")
     p.add_argument("--kinds", nargs="+", choices=sorted(DEGRADATIONS), default=list(DEGRADATIONS))
+    p.add_argument(
+        "--levels",
+        choices=sorted(DEGRADATIONS),
+        help="verification per degradation level of this kind (the second image of "
+        "each pair degraded): AUC per level, the gap and its interval",
+    )
     p.add_argument("--seed", type=int, default=0, help="which images --degrade takes")
     p.add_argument("--out", type=Path, default=Path("quality"), help="output folder")
     add_model_options(p)
@@ -106,6 +119,8 @@ def _one(model: Path, pairs, args) -> dict:
         "reject": vars(curve),
         "reject_area": curve.area(),
     }
+    if args.levels:
+        doc["levels"] = vars(_by_level(embedder, pairs, emb, args))
     if args.degrade:
         rng = np.random.default_rng(args.seed)
         pick = rng.permutation(len(pairs.paths))[: args.degrade]
@@ -113,6 +128,33 @@ def _one(model: Path, pairs, args) -> dict:
         embed = lambda xs: embed_arrays(embedder, xs, batch_size=args.batch_size)  # noqa: E731
         doc["degradation"] = [vars(r) for r in norm_response(embed, images, args.kinds)]
     return doc
+
+
+def _by_level(embedder, pairs, emb: np.ndarray, args):
+    """Every pair scored with its second image degraded at each level of ``args.levels``:
+    the levels are the groups (built in, no attribute file)."""
+    a, b = pairs.index[:, 0], pairs.index[:, 1]
+    second = sorted(set(b.tolist()))
+    pos = {j: k for k, j in enumerate(second)}
+    images = [read_rgb(pairs.paths[j]) for j in second]
+    scores, groups = [], []
+    for level in DEGRADATIONS[args.levels][1]:
+        e = embed_arrays(
+            embedder, [degrade(x, args.levels, level) for x in images], batch_size=args.batch_size
+        )
+        e /= np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+        scores.append(np.einsum("ij,ij->i", emb[a], e[[pos[j] for j in b]]))
+        groups += [f"{args.levels} {level:g}"] * len(b)
+    same = np.tile(pairs.same, len(scores))
+    return verification_by_group(np.concatenate(scores), same, groups, groups, far=args.fmr)
+
+
+def _levels_text(g: dict) -> str:
+    rows = [
+        f"  {k:<16} AUC {v:.4f}  FNMR {g['extra']['fnmr'][k]:.4f}" for k, v in g["values"].items()
+    ]
+    lo, hi = g["gap_ci"]
+    return "\n".join(rows + [f"  gap {g['gap']:.4f} [{lo:.4f}, {hi:.4f}] 95% bootstrap"])
 
 
 def _table(docs: list[dict], rejected: list[float]) -> str:
@@ -180,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{pairs.name}: {len(pairs)} pairs; quality = {docs[0]['quality']}; {docs[0]['reject']['what']}"
     )
     print(_table(docs, list(DEFAULT_REJECT)))
+    for d in docs:
+        if "levels" in d:
+            print(f"\n{Path(d['model']).name}, by {args.levels} level (the second image degraded):")
+            print(_levels_text(d["levels"]))
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write(
         args.out / "quality.json", json.dumps({"pairs": pairs.name, "models": docs}, indent=1)

@@ -39,6 +39,13 @@ def test_quality_curve_table_and_figure(run_dir, tiny_synthetic, tmp_path, capsy
     want = reject_curve_verification((e[a] * e[b]).sum(1), pairs.same, np.minimum(n[a], n[b]), 0.2)
     assert doc["reject"]["error"] == pytest.approx(want.error)
 
+    # the degradation levels as built-in groups: AUC per level and the gap
+    assert quality_main([*args, "--levels", "blur", "--out", str(out)]) == 0
+    assert "by blur level (the second image degraded)" in capsys.readouterr().out
+    levels = json.loads((out / "quality.json").read_text())["models"][0]["levels"]
+    assert list(levels["values"]) == ["blur 0", "blur 1", "blur 2", "blur 3", "blur 4"]
+    assert levels["values"]["blur 0"] == pytest.approx(doc["auc"])  # level 0: the clean pairs
+
     # a quality file instead of the norm; a path it lacks is named
     qf = tmp_path / "q.csv"
     rel = [p.relative_to(tiny_synthetic).as_posix() for p in pairs.paths]
