@@ -164,18 +164,37 @@ def _grid_sampler(space: dict[str, list], seed: int):
     return GridSampler(space, seed=seed)
 
 
+def _sampler(spec: StudySpec, loss: str, trial_number: int = 0):
+    """The loss's sampler, seeded for one trial: ``spec.seed`` and the trial's number.
+
+    Workers re-create the study for every trial (and several workers share it), so a sampler
+    seeded with ``spec.seed`` alone would start from the same random state each time and
+    suggest the same settings for every trial; seeding by trial number keeps a study
+    repeatable and its trials distinct.
+    """
+    import optuna
+
+    if spec.sampler == "grid":  # picks among the points no trial has taken yet
+        space = space_for(spec, loss)
+        return _grid_sampler({k: list(v[1:]) for k, v in space.items()}, spec.seed)
+    seed = spec.seed * 1_000_003 + trial_number
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def ask_tuning_trial(study, spec: StudySpec, loss: str):
+    """A new trial of the loss's tuning study, its sampler seeded for its number (call it
+    under the loss's lock, so that the number is the one ``ask`` gives)."""
+    study.sampler = _sampler(spec, loss, len(study.get_trials(deepcopy=False)))
+    return study.ask()
+
+
 def tuning_study(spec: StudySpec, loss: str):
     """The loss's tuning study (created when missing)."""
     import optuna
 
-    space = space_for(spec, loss)
-    sampler = (
-        _grid_sampler({k: list(v[1:]) for k, v in space.items()}, spec.seed)
-        if spec.sampler == "grid"
-        else optuna.samplers.TPESampler(seed=spec.seed)
-        if spec.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=spec.seed)
-    )
+    sampler = _sampler(spec, loss)
     return optuna.create_study(study_name=f"{spec.name}-{loss}", storage=_storage(spec),
                                direction="maximize", sampler=sampler, pruner=_pruner(spec),
                                load_if_exists=True)  # fmt: skip
@@ -396,7 +415,7 @@ def _take(spec: StudySpec) -> _Job | None:
             s = _by_state(study.get_trials(deepcopy=False))
             if _tuning_left(spec, loss, s) or s["WAITING"]:
                 with _quiet():
-                    return _Job("tune", loss, study, study.ask())
+                    return _Job("tune", loss, study, ask_tuning_trial(study, spec, loss))
     for loss in spec.losses if spec.final_seeds else ():
         with _locked(spec.folder / f".{loss}.lock"):
             tuning = tuning_study(spec, loss)

@@ -117,6 +117,30 @@ def test_a_pruned_trial_counts_against_the_budget(tmp_path, monkeypatch):
     assert [t.state.name for t in tuning_study(spec, "softmax").trials] == ["PRUNED"] * 2
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_every_trial_gets_its_own_settings_and_a_rerun_the_same_ones(tmp_path, fake, sampler):
+    # Workers re-create the study for each trial: a sampler seeded the same way each time
+    # suggested one point for every trial (the first real study tuned nothing).
+    run = fake()
+    p = write_study(tmp_path, head=f'trials = 3\nsampler = "{sampler}"\nlosses = ["arcface"]\n')
+    p.write_text(
+        p.read_text().replace("trials = 2\n", "").replace('losses = ["softmax", "arcface"]\n', "")
+    )
+    run_worker(load_study(p))
+    first = [(c.lr, c.loss_settings["arcface"]["m"]) for c in run.calls]
+    assert len(set(first)) == 3
+    again = fake()
+    (tmp_path / "again").mkdir()
+    p2 = write_study(
+        tmp_path / "again", head=f'trials = 3\nsampler = "{sampler}"\nlosses = ["arcface"]\n'
+    )
+    p2.write_text(
+        p2.read_text().replace("trials = 2\n", "").replace('losses = ["softmax", "arcface"]\n', "")
+    )
+    run_worker(load_study(p2))
+    assert [(c.lr, c.loss_settings["arcface"]["m"]) for c in again.calls] == first  # same seed
+
+
 def test_the_median_pruner_starts_after_half_a_small_budget(tmp_path):
     # Optuna's own 5 start-up trials would leave a budget of 4 without pruning: here 2 finish,
     # then a third trial far below their median after its first epoch is pruned.
