@@ -114,6 +114,7 @@ class _Row:
             "epochs": m.get("epochs", self.config.get("epochs")),
             "train_time_s": m.get("train_time_s"),
             "images_per_s": m.get("images_per_s"),
+            **_identification(self.path),
         }
         key = metric_key(TABLE_FAR)
         if self.result is not None:
@@ -152,6 +153,16 @@ class _Row:
             "eer": _finite(final.get("eer")),
         }
         return out
+
+
+def _identification(run: Path) -> dict[str, Any]:
+    """Rank-1 and TPIR@FPIR=1e-1 from the run's ``verify/identify.json`` (``fvloss identify``
+    or the per-epoch ``val_identify``), with the set they were measured on; {} when absent."""
+    doc = read_json(default_out_dir(run) / "identify.json", default={}) if run.is_dir() else {}
+    if not doc:
+        return {}
+    return {"rank1": _finite((doc.get("cmc") or [None])[0]),
+            "tpir": _finite((doc.get("tpir") or {}).get("0.1")), "id_set": doc.get("set")}  # fmt: skip
 
 
 def _finite(v: Any) -> float | None:
@@ -209,11 +220,16 @@ def _table(rows: Sequence[_Row], notes: list[str]) -> list[str]:
     nums = [r.numbers() for r in rows]
     k = nums[0]["n_folds"] if nums else 10
     far = far_key(TABLE_FAR)
+    ident = any(n.get("rank1") is not None for n in nums)  # 1:N columns when measured
     lines = [
-        f"| run | loss | AUC | {k}-fold acc | TAR@FAR={far} | EER | epochs | training (min) "
-        "| images/s |",
-        "|:--|:--|--:|--:|--:|--:|--:|--:|--:|",
+        f"| run | loss | AUC | {k}-fold acc | TAR@FAR={far} | EER | "
+        + ("rank-1 | TPIR@FPIR=1e-1 | " if ident else "")
+        + "epochs | training (min) | images/s |",
+        "|:--|:--|--:|--:|--:|--:|" + ("--:|--:|" if ident else "") + "--:|--:|--:|",
     ]
+    sets = sorted({n["id_set"] for n in nums if n.get("id_set")})
+    if sets:
+        notes.append(f"rank-1 and TPIR from each run's verify/identify.json: {'; '.join(sets)}")
     for row, n in zip(rows, nums):
         acc = _f4(n["acc"])
         if n["acc"] is not None:
@@ -235,6 +251,7 @@ def _table(rows: Sequence[_Row], notes: list[str]) -> list[str]:
             acc,
             tar_cell,
             _f4(n["eer"]),
+            *([_f4(n.get("rank1")), _f4(n.get("tpir"))] if ident else []),
             "n/a" if n["epochs"] is None else str(n["epochs"]),
             "n/a" if t is None else f"{t / 60:.1f}" if t >= 60 else f"{t / 60:.2f}",
             "n/a" if ips is None else f"{ips:.0f}",

@@ -10,7 +10,6 @@ Exit status: 0, 2 for bad input, 1 for an unreadable image (``--skip-bad`` count
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -30,9 +29,9 @@ from ..eval.score import _embed, _PathLoader, embed_arrays
 from ..eval.search import INDEXES
 from ..eval.store import open_store
 from ..imageio import ImageReadError, image_files
-from ..jsonio import atomic_write
+from ..jsonio import write_json
 from .parser import Parser, fail
-from .verify import add_model_options, load_embedder
+from .verify import add_model_options, default_out_dir, load_embedder
 
 __all__ = ["main"]
 
@@ -94,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fpir", type=float, nargs="+", default=list(DEFAULT_FPIRS))
     p.add_argument("--flip", action="store_true", help="add the mirror image's embedding")
     p.add_argument("--skip-bad", action="store_true", help="skip (and count) unreadable images")
-    p.add_argument("--out", type=Path, help="write identify.json here")
+    p.add_argument("--out", type=Path, help="where identify.json goes (default: RUN/verify)")
     add_model_options(p)
     return p  # fmt: skip
 
@@ -150,10 +149,11 @@ def _by_group(args, s: IdentificationSet, probe_paths: list[Path], res):
 
 
 def _write(args, doc: dict) -> None:
-    if args.out is not None:
-        args.out.mkdir(parents=True, exist_ok=True)
-        atomic_write(args.out / "identify.json", json.dumps(doc, indent=1))
-        print(f"wrote {args.out / 'identify.json'}")
+    """``OUT/identify.json`` (default: ``RUN/verify``, or ``<model>-verify/`` beside an ONNX
+    file, where ``fvloss compare`` finds it for its rank-1 and TPIR columns)."""
+    out = args.out or default_out_dir(args.run or args.model)
+    write_json(out / "identify.json", doc)
+    print(f"wrote {out / 'identify.json'}")
 
 
 def _ijb(args, embedder) -> int:
@@ -240,17 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         for pt in points:
             r5 = f"{100 * pt.rank(5):7.2f}%" if args.max_rank >= 5 else "      -"
             print(f"{pt.distractors:>12} {100 * pt.rank(1):7.2f}% {r5} {pt.ms_per_query:9.3f}")
-    if args.out is not None:
-        doc = {
-            "model": str(args.run or args.model),
-            "set": s.name,
-            "notes": s.notes,
-            "index": args.index,
-            "embed_seconds": round(seconds, 2),
-            "skipped": [f"{k}: {v}" for k, v in sorted(failed.items())],
-            **res.to_json(),
-            "scaling": [vars(p) for p in points],
-            "groups": None if by_group is None else vars(by_group),
-        }
-        _write(args, doc)
+    doc = {
+        "model": str(args.run or args.model),
+        "set": s.name,
+        "notes": s.notes,
+        "index": args.index,
+        "embed_seconds": round(seconds, 2),
+        "skipped": [f"{k}: {v}" for k, v in sorted(failed.items())],
+        **res.to_json(),
+        "scaling": [vars(p) for p in points],
+        "groups": None if by_group is None else vars(by_group),
+    }
+    _write(args, doc)
     return 0

@@ -551,3 +551,17 @@ def test_end_to_end_on_real_runs(tmp_path, monkeypatch, capsys):
     again = json.loads((out / "compare.json").read_text())
     assert [r["auc"] for r in again["runs"]] == [r["auc"] for r in doc["runs"]]
     assert all(r["scores"] == "cached verify/syn.scores.npz" for r in again["runs"])
+
+
+def test_identification_columns_come_from_each_runs_identify_json(two_runs, no_model, capsys):
+    t = two_runs
+    (t.runs["arcface"] / "verify").mkdir(exist_ok=True)
+    doc = {"set": "cfp frontal -> profile", "cmc": [0.25, 0.5], "tpir": {"0.1": 0.125}}
+    (t.runs["arcface"] / "verify" / "identify.json").write_text(json.dumps(doc))
+    out = t.tmp / "ident"
+    assert compare.main([str(t.runs["softmax"]), str(t.runs["arcface"]), "--out", str(out)]) == 0
+    md = capsys.readouterr().out
+    assert "| rank-1 | TPIR@FPIR=1e-1 |" in md
+    rows = table_rows(md)
+    assert rows["arcface"][6:8] == ["0.2500", "0.1250"] and rows["softmax"][6:8] == ["n/a", "n/a"]
+    assert "from each run's verify/identify.json: cfp frontal -> profile" in md
