@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--approx", nargs="*", default=["ivf", "hnsw"], choices=["ivf", "hnsw"])
     p.add_argument("--hnsw-max", type=int, default=100_000)
     p.add_argument("--save", action="store_true")
+    p.add_argument("--tag", default="", help="saved beside the untagged section")
     args = p.parse_args(argv)
     t_start = time.time()
     out: list[str] = []
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         out,
         f"{args.queries} queries, top-10, {args.dim}-d, batches of 256; recall against numpy's exact top-10.",
     )
-    finish(out, t_start, args.save, "faiss_search")
+    finish(out, t_start, args.save, "faiss_search", args.tag)
 
 
 if __name__ == "__main__":
