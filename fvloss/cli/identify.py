@@ -130,7 +130,11 @@ def _distractors(args, embedder, s: IdentificationSet):
         emb, failed = _embed_paths(embedder, image_files(args.distractors), args)
         return emb[[i for i in range(len(emb)) if i not in failed]]
     store = open_store(args.distractors)
-    if store.meta.get("model") not in (None, str(args.run or args.model)):
+    embedded_by = store.meta.get("model")
+    if (
+        embedded_by is not None
+        and Path(embedded_by).resolve() != Path(args.run or args.model).resolve()
+    ):
         print(f"note: {args.distractors} was embedded by {store.meta['model']}, not this model")
     return store.embeddings
 
