@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -32,9 +33,9 @@ from fvloss.eval.load import as_embedder  # noqa: E402
 from fvloss.eval.score import _embed, _PathLoader  # noqa: E402
 
 
-def one_run(run: Path, closed, opened, paths: list[Path]) -> dict:
+def one_run(run: Path, closed, opened, paths: list[Path], device: str, index: str) -> dict:
     emb, _ = _embed(
-        as_embedder(run, device="cpu"), _PathLoader(paths), [str(p) for p in paths], 256
+        as_embedder(run, device=device), _PathLoader(paths), [str(p) for p in paths], 256
     )
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     row = {p: i for i, p in enumerate(paths)}
@@ -45,9 +46,10 @@ def one_run(run: Path, closed, opened, paths: list[Path]) -> dict:
         take(closed.probes),
         closed.probe_labels,
         max_rank=5,
+        index=index,
     )
     o = identify(take(opened.gallery), opened.gallery_labels, take(opened.probes), opened.probe_labels,
-                 open_set=True, max_rank=5, fpirs=(0.1,))  # fmt: skip
+                 open_set=True, max_rank=5, fpirs=(0.1,), index=index)  # fmt: skip
     auc = None
     f = run / "verify" / "cfp-fp.json"
     if f.is_file():
@@ -78,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--save", action="store_true")
     p.add_argument("--tag", default="")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--index", default="flat", help="search index (numpy: no FAISS needed)")
     args = p.parse_args(argv)
     if not args.root.is_dir() or not args.cfp.is_dir():
         sys.exit(f"bench/identify_runs.py: {args.cfp} or {args.root} not found (align CFP first)")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
          f"- open set: {opened.summary().splitlines()[0]}", "")  # fmt: skip
     groups: dict[str, list[dict]] = {}
     for run in sorted(args.runs):
-        r = one_run(run, closed, opened, paths)
+        r = one_run(run, closed, opened, paths, args.device, args.index)
         groups.setdefault(re.sub(r"-seed\d+$", "", run.name), []).append(r)
         print(f"  {run.name}: rank-1 {100 * r['rank1']:.2f}%  TPIR@1e-1 {r['tpir']}", flush=True)
     names = list(groups)

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..study import WorkerStopped, fail_running, load_study, prepare, run_worker, status
@@ -76,6 +76,18 @@ def worker_envs(
     return [{**env, "CUDA_VISIBLE_DEVICES": gpus[k % len(gpus)]} for k in range(n)]
 
 
+def cpu_shares(n: int, cpus: Sequence[int]) -> list[list[int]]:
+    """The CPUs of each of ``n`` workers on one machine: ``cpus`` cut into ``n`` near-equal
+    contiguous parts (round robin when there are more workers than CPUs). Each worker's data
+    loaders and torch threads then size themselves to its part instead of every worker
+    starting one loader process and one thread per CPU of the machine."""
+    cpus = sorted(cpus)
+    if n >= len(cpus):
+        return [[cpus[k % len(cpus)]] for k in range(n)]
+    cuts = [round(k * len(cpus) / n) for k in range(n + 1)]
+    return [cpus[cuts[k] : cuts[k + 1]] for k in range(n)]
+
+
 def score_tests(spec: StudySpec, run_dir: Path) -> None:
     """Score a final's run on every test protocol (``fvloss verify``, cached in the run's
     ``verify/`` folder, which ``fvloss compare`` and the report reuse)."""
@@ -87,14 +99,27 @@ def score_tests(spec: StudySpec, run_dir: Path) -> None:
             )
 
 
+def _pin(share: list[int]) -> Callable[[], None] | None:
+    """Run in the child before it starts: keep it to its CPUs."""
+    return (lambda: os.sched_setaffinity(0, share)) if share else None
+
+
 def _workers(args: argparse.Namespace, spec: StudySpec, gpus: list[str]) -> int:
     """N workers: this same command once per worker, each pinned to its GPU; a signal to this
     process goes to every worker (each checkpoints its trial and queues its retry)."""
     cmd = [sys.executable, "-m", "fvloss.cli", "study", "run", str(args.study), "--jobs", "1"]
     envs = worker_envs(args.jobs, gpus, os.environ)
+    mine = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    shares = cpu_shares(len(envs), mine) if mine else [[] for _ in envs]
+    for e, share in zip(envs, shares):
+        if share:
+            e.setdefault("OMP_NUM_THREADS", str(len(share)))
     # each worker in its own session: Ctrl-C reaches only this process, which passes it on
     # once (a worker seeing the signal twice would stop at once, without its checkpoint)
-    workers = [subprocess.Popen(cmd, env=e, start_new_session=True) for e in envs]
+    workers = [
+        subprocess.Popen(cmd, env=e, start_new_session=True, preexec_fn=_pin(share))
+        for e, share in zip(envs, shares)
+    ]
     seen: list[int] = []
 
     def forward(signum, frame) -> None:
@@ -127,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         spec = load_study(args.study)
         if args.jobs is not None and args.jobs < 1:
             raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
+        if args.action in ("status", "report") and not spec.storage and not spec.folder.is_dir():
+            raise ValueError(f"{args.study}: study {spec.name!r} has not started ({spec.folder} "
+                             f"does not exist): fvloss study run {args.study}")  # fmt: skip
         if args.action == "status":
             print(status(spec))
             return 0

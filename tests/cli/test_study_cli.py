@@ -33,12 +33,23 @@ def test_workers_get_one_gpu_each_by_default():
     assert study_cli._visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
 
 
+def test_workers_on_one_machine_split_its_cpus():
+    assert study_cli.cpu_shares(2, [0, 1]) == [[0], [1]]
+    assert study_cli.cpu_shares(3, range(8)) == [[0, 1, 2], [3, 4], [5, 6, 7]]
+    assert study_cli.cpu_shares(8, range(16)) == [[2 * k, 2 * k + 1] for k in range(8)]
+    shares = study_cli.cpu_shares(5, [4, 9])  # more workers than CPUs: they share, round robin
+    assert shares == [[4], [9], [4], [9], [4]]
+
+
 def test_bad_options_are_one_line(tmp_path, capsys):
     p = write_study(tmp_path)
     assert study_cli.main(["run", str(p), "--jobs", "0"]) == 2
     assert capsys.readouterr().err.strip() == "fvloss study: --jobs must be >= 1, got 0"
     assert study_cli.main(["status", str(tmp_path / "nope.toml")]) == 2
     assert "nope.toml: study file not found" in capsys.readouterr().err
+    for action in ("status", "report"):  # a study never run: one line, not sqlite's traceback
+        assert study_cli.main([action, str(p)]) == 2
+        assert "has not started" in capsys.readouterr().err
 
 
 @pytest.mark.slow
