@@ -24,7 +24,10 @@ SCORE_JOBS=${SCORE_JOBS:-8}
 mkdir -p "$OUT"
 exec > >(tee "$OUT/log.txt") 2>&1
 stamp() { echo "=== [${SECONDS} s] $*"; }
-left() { echo $((DEADLINE_S - SECONDS - ${1:-0})); }  # seconds to the deadline, less a reserve
+left() {  # seconds to the deadline, less a reserve (at least 1: timeout takes no 0 or less)
+    local n=$((DEADLINE_S - SECONDS - ${1:-0}))
+    echo $((n > 0 ? n : 1))
+}
 
 stamp setup
 if compgen -G "$PACK/whl/*.whl" >/dev/null; then

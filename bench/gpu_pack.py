@@ -29,6 +29,9 @@ WHEELS = ("fastai", "fastcore", "fastdownload", "fastprogress", "fasttransform",
           "beartype", "albumentations", "albucore", "pydantic", "pydantic_core", "annotated-types",
           "typing-inspection", "stringzilla", "simsimd", "optuna", "alembic", "SQLAlchemy",
           "colorlog", "Mako")  # fmt: skip
+# fastprogress 1.1 imports python-fasthtml (a web stack the device lacks); 1.0.3 is what fastai
+# 2.8 needs (seen on the H200 image, 2026-12-04)
+PINNED = {"fastprogress": "1.0.3"}
 
 
 def _lfw_pair_images(lfw: Path) -> set[tuple[str, int]]:
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                         "--only-binary=:all:", "--python-version", "3.12", "--implementation",
                         "cp", *plat, "-d", str(args.out / "whl"),
-                        *(f"{w}=={version(w)}" for w in WHEELS)], check=True)  # fmt: skip
+                        *(f"{w}=={PINNED.get(w) or version(w)}" for w in WHEELS)], check=True)  # fmt: skip
         wheels = list((args.out / "whl").glob("*.whl"))
         print(f"{len(wheels)} wheels, {sum(w.stat().st_size for w in wheels) / 1e6:.1f} MB")
     return 0

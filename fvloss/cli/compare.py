@@ -114,7 +114,7 @@ class _Row:
             "epochs": m.get("epochs", self.config.get("epochs")),
             "train_time_s": m.get("train_time_s"),
             "images_per_s": m.get("images_per_s"),
-            **_identification(self.path),
+            **identification_summary(self.path),
         }
         key = metric_key(TABLE_FAR)
         if self.result is not None:
@@ -155,7 +155,7 @@ class _Row:
         return out
 
 
-def _identification(run: Path) -> dict[str, Any]:
+def identification_summary(run: Path) -> dict[str, Any]:
     """Rank-1 and TPIR@FPIR=1e-1 from the run's ``verify/identify.json`` (``fvloss identify``
     or the per-epoch ``val_identify``), with the set they were measured on; {} when absent."""
     doc = read_json(default_out_dir(run) / "identify.json", default={}) if run.is_dir() else {}

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..study import WorkerStopped, fail_running, load_study, prepare, run_worker, status
 from ..study.spec import StudySpec
+from .identify import main as identify_main
 from .parser import Parser, fail
 from .verify import main as verify_main
 
@@ -90,13 +91,18 @@ def cpu_shares(n: int, cpus: Sequence[int]) -> list[list[int]]:
 
 def score_tests(spec: StudySpec, run_dir: Path) -> None:
     """Score a final's run on every test protocol (``fvloss verify``, cached in the run's
-    ``verify/`` folder, which ``fvloss compare`` and the report reuse)."""
+    ``verify/`` folder, which ``fvloss compare`` and the report reuse) and on the ``[identify]``
+    protocol (``fvloss identify``: ``verify/identify.json``, compare's rank-1 / TPIR columns)."""
     for t in spec.test:
         code = verify_main(["--run", str(run_dir), *t.argv()])
         if code:
             raise ValueError(
                 f"{run_dir}: scoring the test protocol {t.name!r} failed (exit {code})"
             )
+    if spec.identify:
+        code = identify_main(["--run", str(run_dir), *spec.identify])
+        if code:
+            raise ValueError(f"{run_dir}: the [identify] protocol failed (exit {code})")
 
 
 def _pin(share: list[int]) -> Callable[[], None] | None:

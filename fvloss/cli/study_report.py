@@ -31,6 +31,7 @@ from ..eval.report import load_scores, pairs_digest
 from ..jsonio import write_json
 from ..study import finals_study, tuning_study
 from ..study.spec import Protocol, StudySpec
+from .compare import identification_summary
 from .compare import main as compare_main
 from .verify import default_out_dir
 
@@ -239,6 +240,34 @@ def _protocol_lines(
     return lines, doc
 
 
+def _pct(values: list[float]) -> str:
+    mean, std, _ = mean_std(values)
+    if mean is None:
+        return "n/a"
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None else f"{100 * mean:.2f}"
+
+
+def _identify_lines(spec: StudySpec, configs: list[_Config]) -> tuple[list[str], dict[str, Any]]:
+    """The ``[identify]`` protocol: rank-1 and TPIR@FPIR=1e-1 of each configuration over its
+    seeds, from each final's ``verify/identify.json``."""
+    rows, doc, sets = [], {}, set()
+    for c in configs:
+        got = [identification_summary(r) for r in c.runs]
+        sets |= {g.get("id_set") for g in got if g}
+        r1 = [g["rank1"] for g in got if g.get("rank1") is not None]
+        tp = [g["tpir"] for g in got if g.get("tpir") is not None]
+        doc[c.label] = {"rank1": r1, "tpir": tp, "runs_scored": sum(bool(g) for g in got)}
+        rows.append(f"| {c.label} | {sum(bool(g) for g in got)}/{len(c.runs)} | "
+                    f"{_pct(r1)} | {_pct(tp)} |")  # fmt: skip
+    lines = ["## Identification", "",
+             f"`fvloss identify {' '.join(spec.identify)}` on each final "
+             f"({'; '.join(sorted(s for s in sets if s)) or 'not scored yet'}): mean ± sample std "
+             "over the final seeds, in %.", "",
+             "| configuration | finals scored | rank-1 % | TPIR@FPIR=1e-1 % |",
+             "|:--|--:|--:|--:|", *rows]  # fmt: skip
+    return lines, doc
+
+
 def write_report(spec: StudySpec, bootstrap: int = 2000) -> Path:
     """``STUDY/report/report.md`` (and ``report.json``, figures); returns its path."""
     out = spec.folder / "report"
@@ -261,6 +290,9 @@ def write_report(spec: StudySpec, bootstrap: int = 2000) -> Path:
         more, d = _protocol_lines(spec, t, configs, out, bootstrap)
         lines += [*more, ""]
         doc["protocols"].append(d)
+    if spec.identify and configs:
+        more, doc["identify"] = _identify_lines(spec, configs)
+        lines += [*more, ""]
     lines += [*_settings_lines(spec, configs), "", *_figures(spec, out), "", *_time_lines(spec)]
     lines += ["", f"Study file: `{spec.path}`; storage: `{spec.storage_url}`.", ""]
     path = out / "report.md"

@@ -30,6 +30,11 @@ A study file is TOML; an unknown key is an error, as in every experiment file::
     [finals]                         # each loss's best settings (and its defaults) over seeds
     seeds = [1, 2, 3]
 
+    [identify]                       # a 1:N protocol for the finals (fvloss identify's options)
+    cfp = "../shared/data/cfp"       # or data = "FOLDER" (+ gallery_per_id), or csv = "FILE"
+    root = "data/cfp-aligned"
+    unenrolled = 0.5                 # open set: TPIR at FPIR beside rank-1
+
 With ``sampler = "grid"`` every ``[space]`` entry is the list of values to try (``seed = [42,
 43]`` makes ``fvloss compare --grid``'s seeds), no range is added from the registry, and the
 budget is the grid's size unless ``trials`` says fewer.
@@ -53,9 +58,13 @@ SHARED_SPACE: dict[str, tuple] = {"lr": (1e-4, 1e-2, True)}
 SAMPLERS = ("tpe", "random", "grid")
 PRUNERS = ("median", "none")
 _KEYS = {"name", "base", "losses", "trials", "epochs", "metric", "sampler", "pruner", "storage",
-         "seed", "out", "heartbeat", "retries", "settings", "space", "tune", "test", "finals"}  # fmt: skip
+         "seed", "out", "heartbeat", "retries", "settings", "space", "tune", "test", "finals",
+         "identify"}  # fmt: skip
 _PROTOCOL_KEYS = {"name", "pairs", "root", "protocol"}
 _FINALS_KEYS = {"seeds", "defaults", "epochs"}
+# [identify]: ``fvloss identify``'s options, one source (cfp, data or csv) and how to use it
+_IDENTIFY_SOURCES = ("cfp", "data", "csv")
+_IDENTIFY_KEYS = {*_IDENTIFY_SOURCES, "root", "gallery_per_id", "unenrolled", "seed", "index"}
 # a pair protocol belongs to [tune] or [[test]], where the study can keep them apart
 _PROTOCOL_SETTINGS = ("pairs", "pairs_root", "pairs_format")
 
@@ -102,6 +111,7 @@ class StudySpec:
     tune: Protocol | None = None  # None: the held-out identities' pairs
     test: tuple[Protocol, ...] = ()
     final_seeds: tuple[int, ...] = ()
+    identify: tuple[str, ...] = ()  # ``fvloss identify``'s arguments (less ``--run``); () none
     final_defaults: bool = True  # also each loss's defaults over the seeds (tuned vs default)
     final_epochs: int | None = None  # None: the trials' epochs
 
@@ -149,6 +159,19 @@ def _protocol(where: str, d: Any, default_name: str) -> Protocol:
     proto = str(d.get("protocol", "auto"))
     name = d.get("name") or (proto if proto.startswith("cfp") else Path(d["pairs"]).stem)
     return Protocol(str(name), str(d["pairs"]), d.get("root"), proto)
+
+
+def _identify(where: str, d: Any) -> tuple[str, ...]:
+    """``[identify]`` as ``fvloss identify`` arguments: the finals' 1:N protocol."""
+    if not isinstance(d, dict):
+        raise ValueError(f'{where}: a table, e.g. cfp = "../shared/data/cfp", root = "..."')
+    bad = sorted(set(d) - _IDENTIFY_KEYS)
+    if bad:
+        raise ValueError(f"{where}: unknown keys {bad}; known: {sorted(_IDENTIFY_KEYS)}")
+    sources = [k for k in _IDENTIFY_SOURCES if k in d]
+    if len(sources) != 1:
+        raise ValueError(f"{where}: exactly one of {list(_IDENTIFY_SOURCES)}, got {sources}")
+    return tuple(a for k, v in d.items() for a in (f"--{k.replace('_', '-')}", str(v)))
 
 
 def _whole(path: Path, key: str, v: Any) -> int:
@@ -250,6 +273,7 @@ def load_study(path: str | Path) -> StudySpec:
         retries=int(d.get("retries", 3)), settings=settings, space=space, tune=tune, test=test,
         final_seeds=tuple(seeds), final_defaults=bool(finals.get("defaults", True)),
         final_epochs=_whole(path, "finals.epochs", finals["epochs"]) if "epochs" in finals else None,
+        identify=_identify(f"{path}: [identify]", d["identify"]) if "identify" in d else (),
     )  # fmt: skip
     if grid and trials is not None:
         for loss in losses:

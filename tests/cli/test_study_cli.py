@@ -58,6 +58,7 @@ def test_two_workers_share_a_sqlite_study_through_the_finals_then_the_report(tmp
     pairs = write_pairs(data, tmp_path / "test.csv", 8)
     p = write_study(tmp_path, data, head="trials = 1\nheartbeat = 2\n", tail=(
         f'[[test]]\nname = "syn"\npairs = "{pairs}"\nroot = "{data}"\n[finals]\nseeds = [1, 2]\n'
+        f'[identify]\ndata = "{data}"\ngallery_per_id = 2\nindex = "numpy"\n'
     ))  # fmt: skip
     p.write_text(p.read_text().replace("trials = 2\n", ""))
     r = subprocess.run([sys.executable, "-m", "fvloss.cli", "study", "run", str(p), "--jobs", "2"],
@@ -72,6 +73,7 @@ def test_two_workers_share_a_sqlite_study_through_the_finals_then_the_report(tmp
         assert len({t.user_attrs["worker"] for t in trials + finals}) >= 1
         for t in finals:  # every final scored on the test protocol by the worker
             assert (Path(t.user_attrs["run_dir"]) / "verify" / "test.scores.npz").is_file()
+            assert (Path(t.user_attrs["run_dir"]) / "verify" / "identify.json").is_file()
     folders = sorted(d.name for d in (spec.folder / "trials").iterdir())
     assert folders == ["arcface-0000", "softmax-0000"]
     workers = {t.user_attrs["worker"] for loss in spec.losses for t in
@@ -84,7 +86,10 @@ def test_two_workers_share_a_sqlite_study_through_the_finals_then_the_report(tmp
     md = (out / "report.md").read_text()
     assert "| loss | default AUC | tuned AUC | tuned − default (pooled) | 95% CI |" in md
     assert "Not separated" in md and "## Chosen settings" in md and "## Machine time" in md
+    assert "## Identification" in md and "| softmax-tuned | 2/2 | " in md
+    assert "| rank-1 | TPIR@FPIR=1e-1 |" in (out / "compare-syn" / "compare.md").read_text()
     doc = json.loads((out / "report.json").read_text())
+    assert all(len(v["rank1"]) == 2 for v in doc["identify"].values())
     got = doc["protocols"][0]["configs"]
     assert set(got) == {"softmax-default", "softmax-tuned", "arcface-default", "arcface-tuned"}
     for name, c in got.items():  # each run's AUC from its own cached scores

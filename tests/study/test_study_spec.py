@@ -49,6 +49,9 @@ def test_space_shared_then_the_losss_own_then_the_files(tmp_path):
         ('[[test]]\npairs = "a.txt"\nprotocl = "lfw"', r"unknown keys \['protocl'\]"),
         ("[finals]\nseed = [1]", r"\[finals\] unknown keys"),
         ('[finals]\nseeds = ["1"]', "seeds must be a list of whole numbers"),
+        ('[identify]\nroot = "x"', r"exactly one of \['cfp', 'data', 'csv'\], got \[\]"),
+        ('[identify]\ncfp = "a"\ndata = "b"', r"exactly one of .*got \['cfp', 'data'\]"),
+        ('[identify]\ncfp = "a"\nunenroled = 0.5', r"\[identify\]: unknown keys \['unenroled'\]"),
     ],
 )
 def test_a_bad_study_file_is_one_clear_error(tmp_path, extra, message, capsys):
@@ -97,6 +100,9 @@ def test_protocols_and_finals(tmp_path):
     assert [t.name for t in spec.test] == ["pairsDevTest", "cfp-fp"]
     assert spec.test[1].argv() == ["--pairs", "cfp", "--protocol", "cfp-fp"]
     assert spec.final_seeds == (1, 2, 3) and not spec.final_defaults
+    assert spec.identify == ()  # no [identify]: the finals are not scored 1:N
+    p.write_text(p.read_text() + '[identify]\ncfp = "cfp"\nroot = "cfp-al"\nunenrolled = 0.5\n')
+    assert load_study(p).identify == ("--cfp", "cfp", "--root", "cfp-al", "--unenrolled", "0.5")
 
 
 def test_the_base_experiments_pairs_are_the_tuning_protocol_and_never_a_test(tmp_path):
