@@ -47,6 +47,7 @@ from ..eval.groups import Group, group_runs, mean_std, pool_scores
 from ..eval.metrics import VerificationResult, far_key, metric_key, verify_scores
 from ..eval.plots import plot_roc, score_histograms_figure
 from ..eval.protocols import PairFileError, PairSet, read_pairs
+from ..eval.quality import plot_reject
 from ..eval.report import (
     RunMetrics,
     RunScores,
@@ -471,6 +472,46 @@ def _metrics_report(rows: Sequence[_Row]) -> list[str]:
     return lines
 
 
+def _reject_lines(rows: Sequence[_Row], pairs: PairSet, out: Path) -> list[str]:
+    """Error versus reject, overlaid, for the runs that ``fvloss quality`` measured on these
+    pairs (``verify/<pairs>.quality.json``); nothing when none did."""
+    docs = {}
+    for r in rows:
+        d = read_json(default_out_dir(r.path) / f"{pairs.name}.quality.json", default={})
+        if d.get("n_pairs") == len(pairs) and "reject" in d:  # these pairs, as scored here
+            docs[r.label] = d
+    if not docs:
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    whats = sorted({d["reject"]["what"].split(" (")[0] for d in docs.values()})
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    curves = {k: (d["reject"]["rejected"], d["reject"]["error"]) for k, d in docs.items()}
+    plot_reject(ax, curves, "; ".join(whats))
+    fig.tight_layout()
+    fig.savefig(out / "reject.png", dpi=110)
+    plt.close(fig)
+    share = [0.0, 0.1, 0.3]
+    lines = ["## Error versus reject (`fvloss quality`)", "",
+             f"{'; '.join(whats)}, with the pairs whose lower quality is lowest rejected first "
+             f"(each run's own threshold and quality score, from its "
+             f"`verify/{pairs.name}.quality.json`); curves: `reject.png`.", "",
+             "| run | quality | " + " | ".join(f"{100 * x:.0f} % rejected" for x in share)
+             + " | area |", "|:--|:--|" + "--:|" * (len(share) + 1)]  # fmt: skip
+    for label, d in docs.items():
+        rej, err = d["reject"]["rejected"], d["reject"]["error"]
+        cells = [_f4(err[rej.index(x)]) if x in rej else "n/a" for x in share]
+        lines.append(f"| {_md(label)} | {d.get('quality', '?')} | {' | '.join(cells)} | "
+                     f"{_f4(d.get('reject_area'))} |")  # fmt: skip
+    missing = [r.label for r in rows if r.label not in docs]
+    if missing:
+        lines += ["", f"Not measured: {', '.join(map(_md, missing))}."]
+    return [*lines, ""]
+
+
 def _pairs_report(
     rows: Sequence[_Row], pairs: PairSet, args: argparse.Namespace, out: Path
 ) -> tuple[list[str], dict[str, Any], BootstrapResult | None] | int:
@@ -508,6 +549,7 @@ def _pairs_report(
         {r.label: (r.scores.scores, r.scores.same, r.result.threshold) for r in rows}
     ).savefig(hist)
     lines += ["", f"ROC curves: `{roc.name}`; score histograms: `{hist.name}`.", ""]
+    lines += _reject_lines(rows, pairs, out)
     labels = [r.label for r in rows]
     boot = None
     if len(rows) < 2:

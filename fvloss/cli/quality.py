@@ -26,13 +26,14 @@ from ..eval.quality import (
     DEGRADATIONS,
     degrade,
     norm_response,
+    plot_reject,
     reject_curve_verification,
 )
 from ..eval.score import _embed, _PathLoader, embed_arrays
 from ..imageio import ImageReadError, read_rgb
 from ..jsonio import atomic_write
 from .parser import Parser, fail
-from .verify import add_model_options, add_pair_options, load_embedder
+from .verify import add_model_options, add_pair_options, default_out_dir, load_embedder
 
 __all__ = ["main"]
 
@@ -185,17 +186,8 @@ def _figure(docs: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(
         1, 1 + len(kinds), figsize=(4.5 * (1 + len(kinds)), 3.6), squeeze=False
     )
-    ax = axes[0, 0]
-    for d in docs:
-        ax.plot(
-            d["reject"]["rejected"], d["reject"]["error"], marker="o", label=Path(d["model"]).name
-        )
-    ax.set(
-        xlabel="share rejected (lowest quality first)",
-        ylabel="FNMR",
-        title=docs[0]["reject"]["what"],
-    )
-    ax.legend(fontsize=7)
+    curves = {Path(d["model"]).name: (d["reject"]["rejected"], d["reject"]["error"]) for d in docs}
+    plot_reject(axes[0, 0], curves, docs[0]["reject"]["what"])
     for k, kind in enumerate(kinds, 1):
         for d in docs:
             r = d["degradation"][k - 1]
@@ -231,5 +223,11 @@ def main(argv: list[str] | None = None) -> int:
         args.out / "quality.json", json.dumps({"pairs": pairs.name, "models": docs}, indent=1)
     )
     _figure(docs, args.out / "quality.png")
+    for model, d in zip(args.models, docs):  # beside the run's scores: compare overlays them
+        if model.is_dir():
+            out = default_out_dir(model)
+            out.mkdir(parents=True, exist_ok=True)
+            atomic_write(out / f"{pairs.name}.quality.json",
+                         json.dumps({"pairs": pairs.name, "n_pairs": len(pairs), **d}, indent=1))  # fmt: skip
     print(f"wrote {args.out / 'quality.json'} and {args.out / 'quality.png'}")
     return 0

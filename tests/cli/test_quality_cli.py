@@ -10,6 +10,7 @@ import pytest
 from study_common import write_pairs
 from test_identify_cli import run_dir  # noqa: F401 (a fixture)
 
+from fvloss.cli.compare import main as compare_main
 from fvloss.cli.quality import main as quality_main
 from fvloss.eval.protocols import read_pairs
 from fvloss.eval.quality import reject_curve_verification
@@ -59,3 +60,14 @@ def test_quality_curve_table_and_figure(run_dir, tiny_synthetic, tmp_path, capsy
         quality_main([str(run_dir), "--pairs", str(pairs_csv), "--root", str(tiny_synthetic)]) == 2
     )
     assert "cannot resolve FMR 0.01" in capsys.readouterr().err
+
+    # compare overlays the error-vs-reject curves fvloss quality left beside each run's scores
+    last = json.loads((run_dir / "verify" / "pairs.quality.json").read_text())
+    assert last["quality"] == "file" and last["n_pairs"] == len(pairs)
+    cmp = tmp_path / "cmp"
+    args = ["--pairs", str(pairs_csv), "--root", str(tiny_synthetic), "--out", str(cmp)]
+    assert compare_main([str(run_dir), *args, "--bootstrap", "0"]) == 0
+    md = (cmp / "compare.md").read_text()
+    assert "## Error versus reject (`fvloss quality`)" in md and "FNMR at FMR=0.2" in md
+    assert f"| arcface | file | {last['reject']['error'][0]:.4f} | " in md
+    assert (cmp / "reject.png").stat().st_size > 0
