@@ -27,6 +27,14 @@ for _folder in [
         sys.path.insert(0, str(_folder))
 
 
+def pytest_configure(config) -> None:
+    """One torch / OpenMP thread for every process the tests start (bench scripts, notebooks,
+    DDP ranks, CLI runs): the suite runs one pytest worker per core, and a subprocess taking
+    every core beside the other worker oversubscribes them (the bench scripts ran 2x slower in
+    the suite than with one thread each). A value set outside pytest is kept."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def shared_root() -> Path:
     """Where the shared data folder should be: ``$FVLOSS_SHARED`` or ``<repo>/../shared``."""
     env = os.environ.get("FVLOSS_SHARED")
