@@ -45,9 +45,8 @@ from ..eval.bootstrap import (
 )
 from ..eval.groups import Group, group_runs, mean_std, pool_scores
 from ..eval.metrics import VerificationResult, far_key, metric_key, verify_scores
-from ..eval.plots import plot_roc, score_histograms_figure
+from ..eval.plots import plot_roc, reject_figure, score_histograms_figure
 from ..eval.protocols import PairFileError, PairSet, read_pairs
-from ..eval.quality import plot_reject
 from ..eval.report import (
     RunMetrics,
     RunScores,
@@ -482,18 +481,9 @@ def _reject_lines(rows: Sequence[_Row], pairs: PairSet, out: Path) -> list[str]:
             docs[r.label] = d
     if not docs:
         return []
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     whats = sorted({d["reject"]["what"].split(" (")[0] for d in docs.values()})
-    fig, ax = plt.subplots(figsize=(5.5, 4))
     curves = {k: (d["reject"]["rejected"], d["reject"]["error"]) for k, d in docs.items()}
-    plot_reject(ax, curves, "; ".join(whats))
-    fig.tight_layout()
-    fig.savefig(out / "reject.png", dpi=110)
-    plt.close(fig)
+    reject_figure(curves, "; ".join(whats)).savefig(out / "reject.png")
     share = [0.0, 0.1, 0.3]
     lines = ["## Error versus reject (`fvloss quality`)", "",
              f"{'; '.join(whats)}, with the pairs whose lower quality is lowest rejected first "

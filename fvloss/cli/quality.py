@@ -17,16 +17,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+from matplotlib.figure import Figure
 
 from ..eval.fairness import verification_by_group
 from ..eval.metrics import roc_auc
+from ..eval.plots import plot_reject
 from ..eval.protocols import PairFileError, read_pairs
 from ..eval.quality import (
     DEFAULT_REJECT,
     DEGRADATIONS,
     degrade,
     norm_response,
-    plot_reject,
     reject_curve_verification,
 )
 from ..eval.score import _embed, _PathLoader, embed_arrays
@@ -177,15 +178,9 @@ def _table(docs: list[dict], rejected: list[float]) -> str:
 
 
 def _figure(docs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     kinds = [r["kind"] for r in docs[0].get("degradation", [])]
-    fig, axes = plt.subplots(
-        1, 1 + len(kinds), figsize=(4.5 * (1 + len(kinds)), 3.6), squeeze=False
-    )
+    fig = Figure(figsize=(4.5 * (1 + len(kinds)), 3.6))
+    axes = fig.subplots(1, 1 + len(kinds), squeeze=False)
     curves = {Path(d["model"]).name: (d["reject"]["rejected"], d["reject"]["error"]) for d in docs}
     plot_reject(axes[0, 0], curves, docs[0]["reject"]["what"])
     for k, kind in enumerate(kinds, 1):
@@ -197,7 +192,6 @@ def _figure(docs: list[dict], path: Path) -> None:
         axes[0, k].set(xlabel=f"{kind} strength", ylabel="norm / clean norm", title=kind)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -257,7 +257,7 @@ def _identify_lines(spec: StudySpec, configs: list[_Config]) -> tuple[list[str],
         r1 = [g["rank1"] for g in got if g.get("rank1") is not None]
         tp = [g["tpir"] for g in got if g.get("tpir") is not None]
         doc[c.label] = {"rank1": r1, "tpir": tp, "runs_scored": sum(bool(g) for g in got)}
-        rows.append(f"| {c.label} | {sum(bool(g) for g in got)}/{len(c.runs)} | "
+        rows.append(f"| {c.label} | {doc[c.label]['runs_scored']}/{len(c.runs)} | "
                     f"{_pct(r1)} | {_pct(tp)} |")  # fmt: skip
     lines = ["## Identification", "",
              f"`fvloss identify {' '.join(spec.identify)}` on each final "

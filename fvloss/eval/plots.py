@@ -1,4 +1,4 @@
-"""ROC curves, training curves, score histograms and the hardest pairs, built on matplotlib's object API (no pyplot state in library code)."""
+"""ROC curves, training curves, score histograms, error-versus-reject curves and the hardest pairs, built on matplotlib's object API (no pyplot state in library code)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ from matplotlib.ticker import MaxNLocator
 from .metrics import VerificationResult, _thin_roc
 
 __all__ = [
+    "plot_reject",
     "plot_roc",
+    "reject_figure",
     "roc_figure",
     "score_histogram_figure",
     "training_figure",
@@ -168,3 +170,24 @@ def worst_pairs_figure(pairs, scores: np.ndarray, load: Callable[[int], np.ndarr
 
 def _finite(v: Any) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def plot_reject(
+    ax, curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], what: str
+) -> None:
+    """Error-versus-reject curves overlaid on ``ax``: ``label -> (share rejected, error)``;
+    ``what`` names the error (e.g. "FNMR at FMR=0.01")."""
+    for label, (rejected, error) in curves.items():
+        ax.plot(rejected, error, marker="o", label=label)
+    ax.set(xlabel="share rejected (lowest quality first)", ylabel="error", title=what)
+    ax.legend(fontsize=7)
+
+
+def reject_figure(
+    curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], what: str
+) -> Figure:
+    """:func:`plot_reject` alone in a figure (``fvloss compare``'s ``reject.png``)."""
+    fig = Figure(figsize=(5.5, 4), dpi=110)
+    plot_reject(fig.subplots(), curves, what)
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,6 @@ import numpy as np
 from .metrics import _far_cut, _Sweep
 
 __all__ = [
-    "plot_reject",
     "DEGRADATIONS",
     "DEFAULT_REJECT",
     "NormResponse",
@@ -216,12 +215,3 @@ def norm_response(
             NormResponse(kind, list(levels), rel.mean(axis=1).tolist(), spearman(x, rel.ravel()))
         )
     return out
-
-
-def plot_reject(ax, curves: dict[str, tuple[Sequence[float], Sequence[float]]], what: str) -> None:
-    """Error-versus-reject curves overlaid on the matplotlib axes ``ax``: ``label ->
-    (share rejected, error)``; ``what`` names the error (e.g. "FNMR at FMR=0.01")."""
-    for label, (rejected, error) in curves.items():
-        ax.plot(rejected, error, marker="o", label=label)
-    ax.set(xlabel="share rejected (lowest quality first)", ylabel="error", title=what)
-    ax.legend(fontsize=7)
