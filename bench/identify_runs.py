@@ -27,6 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, finish, machine_header, md_table, shared_dir  # noqa: E402
+from fvloss.eval.bootstrap import paired_bootstrap_hits  # noqa: E402
 from fvloss.eval.identify import identify  # noqa: E402
 from fvloss.eval.idsets import from_cfp  # noqa: E402
 from fvloss.eval.load import as_embedder  # noqa: E402
@@ -100,24 +101,20 @@ def main(argv: list[str] | None = None) -> None:
         groups.setdefault(re.sub(r"-seed\d+$", "", run.name), []).append(r)
         print(f"  {run.name}: rank-1 {100 * r['rank1']:.2f}%  TPIR@1e-1 {r['tpir']}", flush=True)
     names = list(groups)
-    hits = {g: np.stack([r["hits"] for r in rs]).astype(float) for g, rs in groups.items()}
-    best = max(names, key=lambda g: hits[g].mean())
-    rng = np.random.default_rng(0)
-    n = hits[best].shape[1]
-    diffs = {g: [] for g in names}
-    for _ in range(args.bootstrap):
-        idx = rng.integers(0, n, n)
-        b = hits[best][:, idx].mean()
-        for g in names:
-            diffs[g].append(b - hits[g][:, idx].mean())
+    hits = [np.stack([r["hits"] for r in groups[g]]) for g in names]
+    rates = [h.mean() for h in hits]
+    best = int(np.argmax(rates))
+    boot = paired_bootstrap_hits(hits, [(best, k) for k in range(len(names)) if k != best],
+                                 n_boot=args.bootstrap)  # fmt: skip
+    ci = {d.b: (d.ci_low, d.ci_high) for d in boot.diffs}
     rows = []
-    for g in sorted(names, key=lambda g: -hits[g].mean()):
-        rs = groups[g]
-        lo, hi = np.quantile(diffs[g], [0.025, 0.975]) if g != best else (0.0, 0.0)
-        verdict = "best" if g == best else ("below best" if lo > 0 else "not separated")
+    for k in sorted(range(len(names)), key=lambda k: -rates[k]):
+        g, rs = names[k], groups[names[k]]
+        lo, hi = ci.get(k, (0.0, 0.0))
+        verdict = "best" if k == best else ("below best" if lo > 0 else "not separated")
         rows.append([g, len(rs), fmt([r["rank1"] for r in rs]), fmt([r["rank5"] for r in rs]),
                      fmt([r["tpir"] for r in rs]), fmt([r["auc"] for r in rs], pct=False),
-                     "-" if g == best else f"{100 * lo:+.2f} .. {100 * hi:+.2f}", verdict])  # fmt: skip
+                     "-" if k == best else f"{100 * lo:+.2f} .. {100 * hi:+.2f}", verdict])  # fmt: skip
     emit(out, md_table(["runs", "seeds", "rank-1 %", "rank-5 %", "TPIR@FPIR=1e-1 %", "CFP-FP AUC",
                         "best - this, rank-1 (95 % CI)", "ranking"], rows), "")  # fmt: skip
     finish(out, t_start, args.save, "identify_runs", args.tag)

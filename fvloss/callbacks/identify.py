@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from fastai.torch_core import get_model
 
-from ..eval.identify import DEFAULT_FPIRS, IdentificationResult, identify
+from ..eval.identify import DEFAULT_FPIRS, IdentificationResult, identify, probe_key
 from ..eval.idsets import IdentificationSet
 from ..eval.load import as_embedder
 from ..eval.metrics import far_key
@@ -88,10 +88,12 @@ class IdentifyEvery(EpochEvaluation):
             raise ValueError("the model gives NaN or infinite embeddings (a diverged run?)")
         emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         g = len(self.idset.gallery)
-        return identify(
+        res = identify(
             emb[:g], self.idset.gallery_labels, emb[g:], self.idset.probe_labels,
             open_set=self.idset.open_set, max_rank=self.max_rank, fpirs=self.fpirs,
         )  # fmt: skip
+        res.probe_key = probe_key(self.idset.probes, self.idset.probe_labels)
+        return res
 
     def after_validate(self) -> None:
         if not (self.trained and self.due()):

@@ -9,6 +9,9 @@ outputs are written into its folder, so a rerun is cheap. The tool writes
 * ``OUT/compare.md`` (also printed): one table of the runs (AUC, k-fold accuracy +- std,
   TAR@FAR=1e-3, EER, epochs, training time, images/s), a table of AUC differences with paired
   bootstrap confidence intervals, the pair file and the exact command line;
+* where the runs were identified (``fvloss identify``, a study's ``[identify]``, the
+  per-epoch ``val_identify``): rank-1 and TPIR columns, and the rank-1 differences with a
+  paired bootstrap over the probes (:func:`fvloss.eval.bootstrap.paired_bootstrap_hits`);
 * ``OUT/roc.png``: the runs' ROC curves overlaid, AUCs in the legend;
 * ``OUT/compare.json``: the same numbers for scripts.
 
@@ -38,10 +41,11 @@ import numpy as np
 
 from ..eval.bootstrap import (
     MAX_ALL_PAIRS,
-    AucDiff,
     BootstrapResult,
+    Diff,
     choose_comparisons,
     paired_bootstrap,
+    paired_bootstrap_hits,
 )
 from ..eval.groups import Group, group_runs, mean_std, pool_scores
 from ..eval.metrics import VerificationResult, far_key, metric_key, verify_scores
@@ -71,7 +75,7 @@ from .verify import (
     score_protocol,
 )
 
-__all__ = ["TABLE_FAR", "main", "run_grid"]
+__all__ = ["TABLE_FAR", "identification_summary", "main", "probe_hits", "run_grid"]
 
 PROG = "fvloss compare"
 
@@ -155,10 +159,15 @@ class _Row:
         return out
 
 
+def _identify_doc(run: Path) -> dict[str, Any]:
+    """The run's (or ONNX model's) ``verify/identify.json``; {} when absent."""
+    return read_json(default_out_dir(run) / "identify.json", default={})
+
+
 def identification_summary(run: Path) -> dict[str, Any]:
     """Rank-1 and TPIR@FPIR=1e-1 from the run's ``verify/identify.json`` (``fvloss identify``
     or the per-epoch ``val_identify``), with the set they were measured on; {} when absent."""
-    doc = read_json(default_out_dir(run) / "identify.json", default={}) if run.is_dir() else {}
+    doc = _identify_doc(run)
     if not doc:
         return {}
     return {"rank1": _finite((doc.get("cmc") or [None])[0]),
@@ -260,7 +269,7 @@ def _table(rows: Sequence[_Row], notes: list[str]) -> list[str]:
     return lines
 
 
-def _p_text(d: AucDiff, n_boot: int) -> str:
+def _p_text(d: Diff, n_boot: int) -> str:
     # 0 of B resamples is not p = 0: the bootstrap cannot resolve below 1/B.
     return f"< {1 / n_boot:.4f}" if d.n_le_0 == 0 else f"{d.p_le_0:.4f}"
 
@@ -413,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(len(g.members) > 1 for g in groups):
         seeds_lines, doc["groups"] = _seeds_report(rows, groups, pairs, args, out)
         body = [*body, "", *seeds_lines]
+    rank1_lines, doc["rank1_bootstrap"] = _rank1_report(rows, groups, args)
+    body = [*body, *rank1_lines]
 
     md = [title, "", *body, "", "Runs:", ""]
     for r in rows:
@@ -688,6 +699,82 @@ def _seeds_report(
         f"### Pooled AUC differences between configurations (paired bootstrap, {boot.n_boot} "
         f"resamples, seed {boot.seed})"
     )
+    return lines, doc
+
+
+# ----------------------------------------------------------------------------- rank-1
+
+
+def probe_hits(run: Path) -> tuple[str, np.ndarray] | None:
+    """(probe key, 1 where the mated probe's identity came first) from the run's
+    ``verify/identify.json``; None when it holds no per-probe ranks (an older file)."""
+    doc = _identify_doc(run)
+    ranks, mated, key = doc.get("probe_rank"), doc.get("probe_mated"), doc.get("probe_key")
+    if not key or ranks is None or mated is None or len(ranks) != len(mated):
+        return None
+    return key, np.array([r == 1 for r, m in zip(ranks, mated) if m], dtype=np.float64)
+
+
+def _rank1_report(
+    rows: Sequence[_Row], groups: Sequence[Group], args: argparse.Namespace
+) -> tuple[list[str], dict[str, Any] | None]:
+    """Paired bootstrap over the probes of the rank-1 differences, when every run's
+    ``identify.json`` holds per-probe ranks of the same probes; a one-line reason when only
+    some can be paired; nothing when no run was identified."""
+    found = [probe_hits(r.path) for r in rows]
+    if len(rows) < 2 or not any(_identify_doc(r.path) for r in rows) or args.bootstrap == 0:
+        return [], None
+    if any(f is None for f in found) or len({f[0] for f in found}) > 1:
+        why = (
+            "not every run has per-probe ranks in its `verify/identify.json` (run "
+            "`fvloss identify` again on those without)"
+            if any(f is None for f in found)
+            else "the runs were identified on different probes (another set, or skipped images)"
+        )
+        return ["", f"No rank-1 bootstrap: {why}."], None
+    pooled = any(len(g.members) > 1 for g in groups)
+    units = groups if pooled else [Group(r.label, [k], [None]) for k, r in enumerate(rows)]
+    if len(units) < 2:  # the seeds of one configuration: nothing to compare
+        return [], None
+    hits = [np.stack([found[i][1] for i in g.members]) for g in units]
+    labels = [g.label for g in units]
+    boot = paired_bootstrap_hits(hits, n_boot=args.bootstrap, seed=args.seed)
+    pct = f"{100 * boot.level:g}%"
+    how = (
+        "every pair, the higher observed rank-1 first"
+        if len(units) <= MAX_ALL_PAIRS
+        else f"each against the first, `{_md(labels[0])}` (more than {MAX_ALL_PAIRS})"
+    )
+    lines = [
+        "",
+        f"## Rank-1 differences (paired bootstrap over the probes, {boot.n_boot} resamples, "
+        f"seed {boot.seed})",
+        "",
+        f"{hits[0].shape[1]} mated probes, the same in every run's `verify/identify.json`; each "
+        "resample draws probes with replacement and scores every "
+        + ("configuration (its seeds' hits averaged per probe)" if pooled else "run")
+        + f" on them. Δ = A − B in rank-1 points; {pct} percentile interval. Comparisons: {how}.",
+        "",
+        f"| A − B | Δ rank-1 | {pct} CI | P(Δ* ≤ 0) | reading |",
+        "|:--|--:|:--:|--:|:--|",
+    ]
+    for d in boot.diffs:
+        a, b = _md(labels[d.a]), _md(labels[d.b])
+        reading = {1: f"{a} better", -1: f"{b} better", 0: "no clear difference"}[d.verdict]
+        lines.append(
+            f"| {a} − {b} | {100 * d.diff:+.2f} | [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]"
+            f" | {_p_text(d, boot.n_boot)} | {reading} |"
+        )
+    doc = {
+        "n_boot": boot.n_boot, "seed": boot.seed, "level": boot.level,
+        "n_probes": int(hits[0].shape[1]), "pooled_seeds": pooled,
+        "rank1": dict(zip(labels, boot.observed.tolist())),
+        "comparisons": [
+            {"a": labels[d.a], "b": labels[d.b], "diff": d.diff, "ci": [d.ci_low, d.ci_high],
+             "p_le_0": d.p_le_0, "better": {1: labels[d.a], -1: labels[d.b], 0: None}[d.verdict]}
+            for d in boot.diffs
+        ],
+    }  # fmt: skip
     return lines, doc
 
 

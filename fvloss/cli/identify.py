@@ -21,6 +21,7 @@ from ..eval.identify import (
     distractor_scaling,
     format_identification,
     identify,
+    probe_key,
 )
 from ..eval.idsets import IdentificationSet, from_cfp, from_csv, from_folder
 from ..eval.ijb import embed_ijb, read_ijb
@@ -224,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             gallery, g_labels, probes, p_labels, open_set=s.open_set,
             max_rank=args.max_rank, fpirs=args.fpir, index=args.index,
         )  # fmt: skip
+        res.probe_key = probe_key([s.probes[i] for i in p_rows], p_labels)
         points = []
         if distractors is not None:
             n = len(distractors)

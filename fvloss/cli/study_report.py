@@ -17,13 +17,14 @@ import itertools
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..eval.bootstrap import paired_bootstrap
+from ..eval.bootstrap import BootstrapResult, paired_bootstrap, paired_bootstrap_hits
 from ..eval.groups import mean_std, pool_scores
 from ..eval.metrics import roc_auc
 from ..eval.protocols import read_pairs
@@ -31,7 +32,7 @@ from ..eval.report import load_scores, pairs_digest
 from ..jsonio import write_json
 from ..study import finals_study, tuning_study
 from ..study.spec import Protocol, StudySpec
-from .compare import identification_summary
+from .compare import identification_summary, probe_hits
 from .compare import main as compare_main
 from .verify import default_out_dir
 
@@ -185,12 +186,7 @@ def _protocol_lines(
     names = [c.label for c in configs]
     pooled = [pool_scores(per[k], same, n)[0] for k in names]
     same_n = np.tile(same, n)
-    comps = []
-    for loss in spec.losses:  # tuned vs default, per loss
-        if f"{loss}-tuned" in names and f"{loss}-default" in names:
-            comps.append((names.index(f"{loss}-tuned"), names.index(f"{loss}-default")))
-    tuned = [i for i, k in enumerate(names) if k.endswith("-tuned")]
-    comps += list(itertools.combinations(tuned, 2))
+    comps = _comparisons(spec, names)
     boot = paired_bootstrap(pooled, same_n, comps, n_boot=n_boot) if comps and n_boot else None
     pct = f"{100 * boot.level:g}%" if boot else "95%"
     lines = [f"## {t.name}", "",
@@ -213,30 +209,52 @@ def _protocol_lines(
             f"| {loss} | {_pm(mean_std(aucs.get(d_, [])))} | {_pm(mean_std(aucs.get(t_, [])))} | "
             + (f"{d.diff:+.4f} | [{d.ci_low:+.4f}, {d.ci_high:+.4f}] |" if d else "- | - |")
         )
-    order = sorted(tuned, key=lambda i: -(boot.observed[i] if boot else 0))
-    ranked, unclear = [], []
+    if boot:
+        more, doc["comparisons"] = _ranking_lines(names, boot, "pooled AUC", lambda x: f"{x:.4f}")
+        lines += ["", *more]
+    return lines, doc
+
+
+def _comparisons(spec: StudySpec, names: list[str]) -> list[tuple[int, int]]:
+    """What the report bootstraps: each loss tuned vs its defaults, and every two tuned losses."""
+    comps = []
+    for loss in spec.losses:
+        if f"{loss}-tuned" in names and f"{loss}-default" in names:
+            comps.append((names.index(f"{loss}-tuned"), names.index(f"{loss}-default")))
+    tuned = [i for i, k in enumerate(names) if k.endswith("-tuned")]
+    return comps + list(itertools.combinations(tuned, 2))
+
+
+def _ranking_lines(
+    names: list[str], boot: BootstrapResult, what: str, fmt: Callable[[float], str]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """The tuned losses ordered by ``what``, and which of their differences the bootstrap
+    separates (the interval excludes 0) and which it does not."""
+    pct = f"{100 * boot.level:g}%"
+    diffs = {(d.a, d.b): d for d in boot.diffs}
+    order = sorted((i for i, k in enumerate(names) if k.endswith("-tuned")),
+                   key=lambda i: -boot.observed[i])  # fmt: skip
+    ranked, unclear, doc = [], [], []
     for i, j in itertools.combinations(order, 2):
         d = diffs.get((i, j)) or diffs.get((j, i))
         if d is None:
             continue
         a, b = names[d.a].removesuffix("-tuned"), names[d.b].removesuffix("-tuned")
-        doc["comparisons"].append({"a": names[d.a], "b": names[d.b], "diff": d.diff,
-                                   "ci": [d.ci_low, d.ci_high], "verdict": d.verdict})  # fmt: skip
+        doc.append({"a": names[d.a], "b": names[d.b], "diff": d.diff,
+                    "ci": [d.ci_low, d.ci_high], "verdict": d.verdict})  # fmt: skip
         if d.verdict:
             win, lose = (a, b) if d.verdict > 0 else (b, a)
-            ranked.append(f"{win} > {lose} ({abs(d.diff):.4f}, {pct} CI "
-                          f"[{min(abs(d.ci_low), abs(d.ci_high)):.4f}, "
-                          f"{max(abs(d.ci_low), abs(d.ci_high)):.4f}])")  # fmt: skip
+            lo, hi = sorted((abs(d.ci_low), abs(d.ci_high)))
+            ranked.append(f"{win} > {lose} ({fmt(abs(d.diff))}, {pct} CI [{fmt(lo)}, {fmt(hi)}])")
         else:
             unclear.append(f"{a} vs {b}")
-    if boot:
-        lines += ["", "Tuned losses by pooled AUC: "
-                      + ", ".join(f"{names[i].removesuffix('-tuned')} {boot.observed[i]:.4f}"
-                                  for i in order) + ".",  # fmt: skip
-                  f"Separated (paired bootstrap, {boot.n_boot} resamples): "
-                  + ("; ".join(ranked) if ranked else "none") + ".",
-                  "Not separated (the interval holds 0): "
-                  + (", ".join(unclear) if unclear else "none") + "."]  # fmt: skip
+    lines = [f"Tuned losses by {what}: "
+             + ", ".join(f"{names[i].removesuffix('-tuned')} {fmt(boot.observed[i])}"
+                         for i in order) + ".",
+             f"Separated (paired bootstrap, {boot.n_boot} resamples): "
+             + ("; ".join(ranked) if ranked else "none") + ".",
+             "Not separated (the interval holds 0): "
+             + (", ".join(unclear) if unclear else "none") + "."]  # fmt: skip
     return lines, doc
 
 
@@ -247,9 +265,12 @@ def _pct(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * std:.2f}" if std is not None else f"{100 * mean:.2f}"
 
 
-def _identify_lines(spec: StudySpec, configs: list[_Config]) -> tuple[list[str], dict[str, Any]]:
+def _identify_lines(
+    spec: StudySpec, configs: list[_Config], n_boot: int
+) -> tuple[list[str], dict[str, Any]]:
     """The ``[identify]`` protocol: rank-1 and TPIR@FPIR=1e-1 of each configuration over its
-    seeds, from each final's ``verify/identify.json``."""
+    seeds, from each final's ``verify/identify.json``; then the study's comparisons of rank-1
+    (paired bootstrap over the probes) where every final holds per-probe ranks."""
     rows, doc, sets = [], {}, set()
     for c in configs:
         got = [identification_summary(r) for r in c.runs]
@@ -265,6 +286,25 @@ def _identify_lines(spec: StudySpec, configs: list[_Config]) -> tuple[list[str],
              "over the final seeds, in %.", "",
              "| configuration | finals scored | rank-1 % | TPIR@FPIR=1e-1 % |",
              "|:--|--:|--:|--:|", *rows]  # fmt: skip
+    found = [[probe_hits(r) for r in c.runs] for c in configs]
+    flat = [f for fs in found for f in fs]
+    names = [c.label for c in configs]
+    comps = _comparisons(spec, names)
+    if not (comps and n_boot and flat) or None in flat or len({f[0] for f in flat}) > 1:
+        return lines, doc
+    hits = [np.stack([f[1] for f in fs]) for fs in found]
+    boot = paired_bootstrap_hits(hits, comps, n_boot=n_boot)
+    pct = f"{100 * boot.level:g}%"
+    per_loss = [
+        f"{names[d.a].removesuffix('-tuned')} {100 * d.diff:+.2f} "
+        f"[{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]"
+        for d in boot.diffs
+        if names[d.b].endswith("-default")
+    ]
+    more, doc["comparisons"] = _ranking_lines(names, boot, "rank-1 %", lambda x: f"{100 * x:.2f}")
+    lines += ["", f"Rank-1 over the {hits[0].shape[1]} mated probes, each configuration's seeds "
+              "averaged probe by probe. Tuned − default, in points "
+              f"({pct} CI): {'; '.join(per_loss) or '-'}.", *more]  # fmt: skip
     return lines, doc
 
 
@@ -291,7 +331,7 @@ def write_report(spec: StudySpec, bootstrap: int = 2000) -> Path:
         lines += [*more, ""]
         doc["protocols"].append(d)
     if spec.identify and configs:
-        more, doc["identify"] = _identify_lines(spec, configs)
+        more, doc["identify"] = _identify_lines(spec, configs, bootstrap)
         lines += [*more, ""]
     lines += [*_settings_lines(spec, configs), "", *_figures(spec, out), "", *_time_lines(spec)]
     lines += ["", f"Study file: `{spec.path}`; storage: `{spec.storage_url}`.", ""]

@@ -1,6 +1,8 @@
-"""Paired, stratified bootstrap of ROC AUCs for several runs scored on the same pairs.
+"""Paired bootstraps for several runs measured on the same items: ROC AUC over pairs
+(:func:`paired_bootstrap`) and a per-probe rate such as rank-1 over probes
+(:func:`paired_bootstrap_hits`).
 
-The bootstrap is paired: each resample draws the pair indices with replacement once and every
+The bootstrap is paired: each resample draws the item indices with replacement once and every
 run is measured on that same resample, so what varies between runs is the model, not the luck of
 the draw. Same and different pairs are drawn separately (a protocol fixes how many of each it
 holds). AUCs of all resamples come from one sort per run (:func:`weighted_auc`). Pure numpy.
@@ -17,12 +19,13 @@ import numpy as np
 from .metrics import roc_auc
 
 __all__ = [
-    "AucDiff",
     "BootstrapResult",
+    "Diff",
     "MAX_ALL_PAIRS",
     "bootstrap_weights",
     "choose_comparisons",
     "paired_bootstrap",
+    "paired_bootstrap_hits",
     "weighted_auc",
 ]
 
@@ -132,15 +135,16 @@ def bootstrap_weights(
 
 
 @dataclass
-class AucDiff:
-    """``AUC[a] - AUC[b]`` on the pairs, and its bootstrap distribution summarised."""
+class Diff:
+    """``stat[a] - stat[b]`` (AUC, rank-1, ...) on the items as they are, and its bootstrap
+    distribution summarised."""
 
     a: int
     b: int
     diff: float
     ci_low: float
     ci_high: float
-    p_le_0: float  # share of resamples with AUC[a] - AUC[b] <= 0: a one-sided p-value
+    p_le_0: float  # share of resamples with stat[a] - stat[b] <= 0: a one-sided p-value
     n_le_0: int
 
     @property
@@ -151,18 +155,24 @@ class AucDiff:
 
 @dataclass
 class BootstrapResult:
-    """All of a paired bootstrap: ``aucs[r, b]`` is run ``r``'s AUC on resample ``b``."""
+    """All of a paired bootstrap: ``stats[r, b]`` is run ``r``'s statistic (AUC, rank-1) on
+    resample ``b``."""
 
     n_boot: int
     seed: int
     level: float
-    observed: np.ndarray  # (R,) AUC on the pairs as they are
-    aucs: np.ndarray = field(repr=False)  # (R, n_boot)
-    diffs: list[AucDiff] = field(default_factory=list)
+    observed: np.ndarray  # (R,) the statistic on the items as they are
+    stats: np.ndarray = field(repr=False)  # (R, n_boot)
+    diffs: list[Diff] = field(default_factory=list)
+
+    @property
+    def aucs(self) -> np.ndarray:
+        """``stats`` under the name :func:`paired_bootstrap` gives them."""
+        return self.stats
 
     def auc_ci(self, r: int) -> tuple[float, float]:
-        """Percentile interval of run ``r``'s AUC."""
-        lo, hi = _percentiles(self.aucs[r], self.level)
+        """Percentile interval of run ``r``'s statistic (its AUC for :func:`paired_bootstrap`)."""
+        lo, hi = _percentiles(self.stats[r], self.level)
         return lo, hi
 
 
@@ -225,10 +235,53 @@ def paired_bootstrap(
         for r, rk in enumerate(ranked):
             aucs[r, done : done + len(w_pos)] = rk.auc(w_pos, w_neg)
         done += len(w_pos)
+    return _result(observed, aucs, comparisons, seed, level)
+
+
+def _result(observed: np.ndarray, stats: np.ndarray, comparisons, seed: int, level: float):
+    """Summarise the resampled statistics ``stats (R, B)`` for each comparison ``(a, b)``."""
+    n_boot = stats.shape[1]
     diffs = []
     for a, b in comparisons:
-        d = aucs[a] - aucs[b]
+        d = stats[a] - stats[b]
         lo, hi = _percentiles(d, level)
         n_le = int((d <= 0).sum())
-        diffs.append(AucDiff(a, b, float(observed[a] - observed[b]), lo, hi, n_le / n_boot, n_le))
-    return BootstrapResult(n_boot, seed, level, observed, aucs, diffs)
+        diffs.append(Diff(a, b, float(observed[a] - observed[b]), lo, hi, n_le / n_boot, n_le))
+    return BootstrapResult(n_boot, seed, level, observed, stats, diffs)
+
+
+def paired_bootstrap_hits(
+    hits: Sequence[np.ndarray],
+    comparisons: Sequence[tuple[int, int]] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+    chunk: int | None = None,
+) -> BootstrapResult:
+    """Paired bootstrap of a per-probe rate (rank-1: 1 where the probe's identity came first)
+    for several runs searched with the same probes.
+
+    ``hits[r]`` is run ``r``'s ``(n,)`` outcomes, or ``(m, n)`` for a configuration trained
+    with ``m`` seeds: its rate is the mean over seeds and probes, and a resample draws probes
+    (columns), so the seeds of a configuration share each draw. Comparisons as in
+    :func:`paired_bootstrap` (default :func:`choose_comparisons` of the observed rates).
+    """
+    per_probe = [np.atleast_2d(np.asarray(h, dtype=np.float64)).mean(axis=0) for h in hits]
+    if not per_probe:
+        raise ValueError("no runs to bootstrap")
+    n = len(per_probe[0])
+    if n == 0 or any(len(p) != n for p in per_probe):
+        raise ValueError(f"every run needs the same probes, got {[len(p) for p in per_probe]}")
+    if n_boot < 1:
+        raise ValueError("n_boot must be >= 1")
+    observed = np.array([p.mean() for p in per_probe])
+    if comparisons is None:
+        comparisons = choose_comparisons(observed.tolist())
+    vals = np.stack(per_probe, axis=1)  # (n, R): one matrix product per block of resamples
+    stats = np.empty((len(per_probe), n_boot))
+    rng = np.random.default_rng(seed)
+    chunk = chunk or max(1, _CHUNK_ELEMENTS // n)
+    for start in range(0, n_boot, chunk):
+        rows = min(chunk, n_boot - start)
+        stats[:, start : start + rows] = (_counts(rng, n, rows) @ vals).T / n
+    return _result(observed, stats, comparisons, seed, level)

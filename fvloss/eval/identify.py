@@ -22,7 +22,9 @@ fill more, so a rank beyond ``max_rank`` is known without scoring the whole gall
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -42,6 +44,7 @@ __all__ = [
     "distractor_scaling",
     "format_identification",
     "identify",
+    "probe_key",
     "probe_ranks",
 ]
 
@@ -147,6 +150,7 @@ class IdentificationResult:
     reasons: dict[float, str] = field(default_factory=dict)
     curve: tuple[list[float], list[float]] = ([], [])
     probes: ProbeRanks | None = field(default=None, repr=False)  # each probe's outcome
+    probe_key: str | None = None  # which probes, in which order (:func:`probe_key`)
 
     def rank(self, r: int) -> float:
         """Share of mated probes whose identity is among the first ``r``."""
@@ -171,7 +175,34 @@ class IdentificationResult:
         d["thresholds"] = {str(f): v for f, v in self.thresholds.items()}
         d["reasons"] = {str(f): v for f, v in self.reasons.items()}
         d["curve"] = {"fpir": self.curve[0], "tpir": self.curve[1]}
+        if self.probes is not None:  # per probe, so that runs on the same probes pair up
+            d["probe_key"] = self.probe_key
+            d["probe_rank"] = [int(r) if math.isfinite(r) else None for r in self.probes.rank]
+            d["probe_mated"] = self.probes.mated.tolist()
         return d
+
+
+def probe_key(probes: Sequence[Any], labels: Sequence[Any] = ()) -> str:
+    """A short fingerprint of the probes in order (and their labels): two results can be
+    compared probe by probe (a paired bootstrap of rank-1) only when their keys match.
+
+    Paths count relative to their common folder, so one set read from two places (``data/x``
+    and ``/abs/data/x``) has one key; a set with an unreadable probe skipped has another.
+    """
+    names = [str(p) for p in probes]
+    if names and all(isinstance(p, (str, os.PathLike)) for p in probes):
+        try:
+            root = os.path.commonpath(names) if len(names) > 1 else os.path.dirname(names[0])
+            names = [os.path.relpath(n, root) if root else n for n in names]
+        except ValueError:  # mixed absolute and relative paths: keep them as they are
+            pass
+    labs = [str(x) for x in labels] or [""] * len(names)
+    if len(labs) != len(names):
+        raise ValueError(f"probe_key: {len(labs)} labels for {len(names)} probes")
+    h = hashlib.sha1(f"{len(names)}\n".encode())
+    for n, lab in zip(names, labs):
+        h.update(f"{n}\t{lab}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _open_set(ranks: ProbeRanks, fpirs: Sequence[float], res: IdentificationResult) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .identify import IdentificationResult, identify
+from .identify import IdentificationResult, identify, probe_key
 from .ijb import IJBFormatError, IJBSet, _locate, template_features
 
 __all__ = ["GALLERIES", "evaluate_ijb_1n", "ident_paths", "read_1n_lists", "write_1n_lists"]
@@ -102,7 +102,7 @@ def evaluate_ijb_1n(
     row_of = {int(t): i for i, t in enumerate(tids)}
     counts: dict[str, int] = {}
 
-    def side(which: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def side(which: list[str]) -> tuple[np.ndarray, np.ndarray, list[int]]:
         items = [(t, s) for k in which for t, s in sorted(lists[k].items())]
         kept = [(row_of[t], s) for t, s in items if t in row_of]
         counts["+".join(which)] = len(kept)
@@ -110,11 +110,13 @@ def evaluate_ijb_1n(
         if not kept:
             raise ValueError(f"IJB 1:N: no {'/'.join(which)} template has images")
         rows, subjects = zip(*kept)
-        return feats[list(rows)].astype(np.float32), np.asarray(subjects)
+        t_ids = [int(tids[r]) for r in rows]
+        return feats[list(rows)].astype(np.float32), np.asarray(subjects), t_ids
 
-    g_feats, g_subj = side(["G1", "G2"] if gallery == "both" else [gallery])
-    p_feats, p_subj = side(["probe"])
+    g_feats, g_subj, _ = side(["G1", "G2"] if gallery == "both" else [gallery])
+    p_feats, p_subj, p_tids = side(["probe"])
     res = identify(g_feats, g_subj, p_feats, p_subj, open_set=gallery != "both", **identify_options)
+    res.probe_key = probe_key([f"{ijb.name} {gallery}:{t}" for t in p_tids], p_subj)
     return res, counts
 
 

@@ -14,7 +14,7 @@ import torch
 from fvloss.cli.embed import main as embed_main
 from fvloss.cli.identify import main as identify_main
 from fvloss.data.synthetic import SyntheticSpec, make_synthetic
-from fvloss.eval.identify import identify
+from fvloss.eval.identify import identify, probe_key
 from fvloss.eval.idsets import from_folder
 from fvloss.eval.score import embed_images
 from fvloss.model import EmbeddingNet, FaceNet
@@ -54,6 +54,9 @@ def test_identify_matches_the_library_and_writes_its_json(
     want = identify(emb[:6], s.gallery_labels, emb[6:], s.probe_labels, max_rank=5)
     assert doc["cmc"] == pytest.approx(want.cmc, abs=1e-9)
     assert doc["n_mated"] == 18 and len(doc["cmc"]) == 5
+    # each probe's rank, keyed by the probes, for compare's paired rank-1 bootstrap
+    assert doc["probe_rank"] == [int(r) if np.isfinite(r) else None for r in want.probes.rank]
+    assert doc["probe_key"] == probe_key(s.probes, s.probe_labels)
 
     # open set: half the identities not enrolled, their 12 images non-mated probes
     assert identify_main([*args, "--unenrolled", "0.5", "--fpir", "0.1", "--out", str(out)]) == 0
@@ -111,9 +114,11 @@ def test_ijb_1n_from_its_meta_files(run_dir, tmp_path, capsys):
     doc = json.loads((tmp_path / "identify.json").read_text())
     assert (doc["n_gallery"], doc["n_mated"], doc["n_nonmated"]) == (2, 2, 0)
     assert doc["cmc"][-1] == 1.0  # two identities: everyone within rank 2
+    both = doc["probe_key"]
     assert identify_main(args) == 0  # G1: the probe of subject 20 is non-mated
     doc = json.loads((tmp_path / "identify.json").read_text())
     assert (doc["n_mated"], doc["n_nonmated"]) == (1, 1)
+    assert doc["probe_mated"] == [True, False] and doc["probe_key"] != both  # not paired
 
 
 def test_rank1_per_group_from_an_attribute_file(run_dir, tiny_synthetic, tmp_path, capsys):

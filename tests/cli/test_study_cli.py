@@ -87,6 +87,7 @@ def test_two_workers_share_a_sqlite_study_through_the_finals_then_the_report(tmp
     assert "| loss | default AUC | tuned AUC | tuned − default (pooled) | 95% CI |" in md
     assert "Not separated" in md and "## Chosen settings" in md and "## Machine time" in md
     assert "## Identification" in md and "| softmax-tuned | 2/2 | " in md
+    assert "Tuned losses by rank-1 %: " in md and "Tuned − default, in points" in md
     assert "| rank-1 | TPIR@FPIR=1e-1 |" in (out / "compare-syn" / "compare.md").read_text()
     doc = json.loads((out / "report.json").read_text())
     assert all(len(v["rank1"]) == 2 for v in doc["identify"].values())

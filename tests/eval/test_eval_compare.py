@@ -24,6 +24,7 @@ from fvloss.eval.bootstrap import (
     bootstrap_weights,
     choose_comparisons,
     paired_bootstrap,
+    paired_bootstrap_hits,
     weighted_auc,
 )
 from fvloss.eval.metrics import roc_auc, verify_scores
@@ -140,6 +141,43 @@ def test_pairing_narrows_the_interval():
     (d,) = boot.diffs
     assert d.a == 1 and d.ci_low > 0  # paired: clearly better
     assert boot.auc_ci(0)[1] > boot.auc_ci(1)[0]  # yet the per-run intervals overlap
+
+
+def test_paired_bootstrap_hits_matches_a_slow_loop():
+    rng = np.random.default_rng(3)
+    n, n_boot = 80, 50
+    runs = [rng.random(n) < p for p in (0.3, 0.5)]
+    seeds = (rng.random((2, n)) < 0.6).astype(float)  # a configuration of two seeds
+    boot = paired_bootstrap_hits([*runs, seeds], n_boot=n_boot, seed=5, chunk=7)
+    # the slow way: the same index draws, each resample's rate by a plain mean
+    idx = np.random.default_rng(5).integers(0, n, size=(n_boot, n))
+    per_probe = [runs[0].astype(float), runs[1].astype(float), seeds.mean(axis=0)]
+    stats = np.array([[p[i].mean() for i in idx] for p in per_probe])
+    np.testing.assert_allclose(boot.stats, stats, atol=1e-12)
+    observed = [p.mean() for p in per_probe]
+    np.testing.assert_allclose(boot.observed, observed)
+    assert [(d.a, d.b) for d in boot.diffs] == choose_comparisons(observed)
+    for d in boot.diffs:
+        lo, hi = np.percentile(stats[d.a] - stats[d.b], [2.5, 97.5])
+        assert (d.ci_low, d.ci_high) == pytest.approx((lo, hi), abs=1e-12)
+    again = paired_bootstrap_hits([*runs, seeds], n_boot=n_boot, seed=5)  # other block size
+    np.testing.assert_array_equal(again.stats, boot.stats)
+
+
+def test_paired_bootstrap_hits_separates_only_a_real_difference():
+    rng = np.random.default_rng(0)
+    weak = rng.random(2000) < 0.10
+    strong = weak | (rng.random(2000) < 0.05)  # the weak run's hits and ~4.5 points more
+    twin = rng.random(2000) < 0.10  # the weak run's rate, other probes
+    boot = paired_bootstrap_hits([weak, strong, twin], n_boot=1000)
+    by = {(d.a, d.b): d for d in boot.diffs}
+    assert by[(1, 0)].verdict == 1 and by[(1, 0)].n_le_0 == 0
+    tie = by.get((0, 2)) or by[(2, 0)]
+    assert tie.verdict == 0
+    with pytest.raises(ValueError, match="the same probes"):
+        paired_bootstrap_hits([weak, strong[:10]])
+    with pytest.raises(ValueError, match="n_boot"):
+        paired_bootstrap_hits([weak], n_boot=0)
 
 
 def test_choose_comparisons():
@@ -551,6 +589,47 @@ def test_end_to_end_on_real_runs(tmp_path, monkeypatch, capsys):
     again = json.loads((out / "compare.json").read_text())
     assert [r["auc"] for r in again["runs"]] == [r["auc"] for r in doc["runs"]]
     assert all(r["scores"] == "cached verify/syn.scores.npz" for r in again["runs"])
+
+
+def write_identify(run, ranks, mated=None, key="k1"):
+    (run / "verify").mkdir(exist_ok=True)
+    mated = [True] * len(ranks) if mated is None else mated
+    hits = [r == 1 for r, m in zip(ranks, mated) if m]
+    doc = {"set": "cfp frontal -> profile", "cmc": [float(np.mean(hits)), 1.0],
+           "tpir": {"0.1": None}, "probe_key": key, "probe_rank": ranks, "probe_mated": mated}  # fmt: skip
+    (run / "verify" / "identify.json").write_text(json.dumps(doc))
+
+
+def test_rank1_differences_are_bootstrapped_over_the_probes(two_runs, no_model, capsys):
+    t = two_runs
+    rng = np.random.default_rng(1)
+    soft = [1 if x else 2 for x in rng.random(400) < 0.2]
+    arc = [1 if x or s == 1 else None for x, s in zip(rng.random(400) < 0.3, soft)]
+    mated = [True] * 400 + [False] * 3  # non-mated probes do not count
+    write_identify(t.runs["softmax"], [*soft, None, None, None], mated)
+    write_identify(t.runs["arcface"], [*arc, 1, None, None], mated)
+    out = t.tmp / "r1"
+    runs = [str(t.runs["softmax"]), str(t.runs["arcface"])]
+    assert compare.main([*runs, "--out", str(out), "--bootstrap", "500"]) == 0
+    md = capsys.readouterr().out
+    assert "## Rank-1 differences (paired bootstrap over the probes, 500 resamples" in md
+    assert "400 mated probes" in md
+    doc = json.loads((out / "compare.json").read_text())["rank1_bootstrap"]
+    want = np.mean([a == 1 for a in arc]) - np.mean([s == 1 for s in soft])
+    (c,) = doc["comparisons"]
+    assert (c["a"], c["b"], c["better"]) == ("arcface", "softmax", "arcface")
+    assert c["diff"] == pytest.approx(want) and c["ci"][0] > 0
+    assert f"| arcface − softmax | {100 * want:+.2f} |" in md
+    # other probes (another set, a skipped image): told, not paired
+    write_identify(t.runs["arcface"], arc, key="k2")
+    assert compare.main([*runs, "--out", str(out)]) == 0
+    assert "No rank-1 bootstrap: the runs were identified on different probes" in (
+        capsys.readouterr().out
+    )
+    assert json.loads((out / "compare.json").read_text())["rank1_bootstrap"] is None
+    (t.runs["arcface"] / "verify" / "identify.json").write_text(json.dumps({"cmc": [0.5]}))
+    assert compare.main([*runs, "--out", str(out)]) == 0
+    assert "not every run has per-probe ranks" in capsys.readouterr().out
 
 
 def test_identification_columns_come_from_each_runs_identify_json(two_runs, no_model, capsys):

@@ -3,10 +3,13 @@ hand: faces are unit vectors in the plane at the angles given, so a score is cos
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from fvloss.eval.identify import distractor_scaling, format_identification, identify
+from fvloss.eval.identify import distractor_scaling, format_identification, identify, probe_key
 
 
 def at(*degrees: float) -> np.ndarray:
@@ -64,6 +67,29 @@ def test_open_set_tpir_at_fpir_by_hand():
     row = res.row()
     assert row["rank1"] == pytest.approx(0.75) and row["tpir@1e-1"] == pytest.approx(0.5)
     assert "rank1=75.00%" in format_identification(res, "toy")
+
+
+def test_each_probes_outcome_is_written_with_a_key_to_pair_runs_by():
+    gallery, gl = at(0, 30, 90), ["A", "B", "C"]
+    res = identify(gallery, gl, at(5, 20, 60, 100, 45), ["A", "C", "B", "A", "X"],
+                   open_set=True, max_rank=2)  # fmt: skip
+    res.probe_key = "abc"
+    doc = json.loads(json.dumps(res.to_json()))  # as identify.json holds it
+    # ranks by hand as in test_closed_set_ranks_and_cmc_by_hand; rank 3 is beyond max_rank 2
+    assert doc["probe_rank"] == [1, None, 1, None, None]
+    assert doc["probe_mated"] == [True, True, True, True, False]
+    assert doc["probe_key"] == "abc"
+
+
+def test_probe_key_names_the_probes_in_order_wherever_they_live(tmp_path):
+    rel = [Path("data/x/001/a.jpg"), Path("data/x/002/b.jpg")]
+    here = probe_key(rel, ["1", "2"])
+    assert probe_key([tmp_path / p for p in rel], ["1", "2"]) == here  # the same set elsewhere
+    assert probe_key(rel[::-1], ["2", "1"]) != here  # another order
+    assert probe_key(rel, ["1", "3"]) != here  # other labels
+    assert probe_key(rel[:1], ["1"]) != here  # a probe skipped
+    with pytest.raises(ValueError, match="1 labels for 2 probes"):
+        probe_key(rel, ["1"])
 
 
 def test_distractors_push_probes_down_one_by_one(tmp_path):
