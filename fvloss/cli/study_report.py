@@ -290,8 +290,11 @@ def _identify_lines(
     flat = [f for fs in found for f in fs]
     names = [c.label for c in configs]
     comps = _comparisons(spec, names)
-    if not (comps and n_boot and flat) or None in flat or len({f[0] for f in flat}) > 1:
+    if not (comps and n_boot and flat):
         return lines, doc
+    if None in flat or len({f[0] for f in flat}) > 1:
+        return [*lines, "", "No rank-1 bootstrap: not every final holds per-probe ranks of the "
+                "same probes (`fvloss identify` again on each final writes them)."], doc  # fmt: skip
     hits = [np.stack([f[1] for f in fs]) for fs in found]
     boot = paired_bootstrap_hits(hits, comps, n_boot=n_boot)
     pct = f"{100 * boot.level:g}%"
