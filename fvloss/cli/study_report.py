@@ -271,14 +271,15 @@ def _identify_lines(
     """The ``[identify]`` protocol: rank-1 and TPIR@FPIR=1e-1 of each configuration over its
     seeds, from each final's ``verify/identify.json``; then the study's comparisons of rank-1
     (paired bootstrap over the probes) where every final holds per-probe ranks."""
-    rows, doc, sets = [], {}, set()
+    rows, per, sets = [], {}, set()
+    doc: dict[str, Any] = {"configs": per, "comparisons": []}
     for c in configs:
         got = [identification_summary(r) for r in c.runs]
         sets |= {g.get("id_set") for g in got if g}
         r1 = [g["rank1"] for g in got if g.get("rank1") is not None]
         tp = [g["tpir"] for g in got if g.get("tpir") is not None]
-        doc[c.label] = {"rank1": r1, "tpir": tp, "runs_scored": sum(bool(g) for g in got)}
-        rows.append(f"| {c.label} | {doc[c.label]['runs_scored']}/{len(c.runs)} | "
+        per[c.label] = {"rank1": r1, "tpir": tp, "runs_scored": sum(bool(g) for g in got)}
+        rows.append(f"| {c.label} | {per[c.label]['runs_scored']}/{len(c.runs)} | "
                     f"{_pct(r1)} | {_pct(tp)} |")  # fmt: skip
     lines = ["## Identification", "",
              f"`fvloss identify {' '.join(spec.identify)}` on each final "

@@ -90,7 +90,8 @@ def test_two_workers_share_a_sqlite_study_through_the_finals_then_the_report(tmp
     assert "Tuned losses by rank-1 %: " in md and "Tuned − default, in points" in md
     assert "| rank-1 | TPIR@FPIR=1e-1 |" in (out / "compare-syn" / "compare.md").read_text()
     doc = json.loads((out / "report.json").read_text())
-    assert all(len(v["rank1"]) == 2 for v in doc["identify"].values())
+    assert all(len(v["rank1"]) == 2 for v in doc["identify"]["configs"].values())
+    assert len(doc["identify"]["comparisons"]) == 1  # arcface vs softmax, tuned
     got = doc["protocols"][0]["configs"]
     assert set(got) == {"softmax-default", "softmax-tuned", "arcface-default", "arcface-tuned"}
     for name, c in got.items():  # each run's AUC from its own cached scores
