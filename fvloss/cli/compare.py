@@ -274,6 +274,27 @@ def _p_text(d: Diff, n_boot: int) -> str:
     return f"< {1 / n_boot:.4f}" if d.n_le_0 == 0 else f"{d.p_le_0:.4f}"
 
 
+def _diff_rows(boot: BootstrapResult, labels: Sequence[str], fmt) -> list[str]:
+    """One table row per comparison: A − B, the difference and its interval (``fmt``), the
+    one-sided p-value and the reading."""
+    rows = []
+    for d in boot.diffs:
+        a, b = _md(labels[d.a]), _md(labels[d.b])
+        reading = {1: f"{a} better", -1: f"{b} better", 0: "no clear difference"}[d.verdict]
+        rows.append(f"| {a} − {b} | {fmt(d.diff)} | [{fmt(d.ci_low)}, {fmt(d.ci_high)}] "
+                    f"| {_p_text(d, boot.n_boot)} | {reading} |")  # fmt: skip
+    return rows
+
+
+def _comparisons_doc(boot: BootstrapResult, labels: Sequence[str]) -> list[dict[str, Any]]:
+    """The comparisons for ``compare.json``: labels, difference, interval, p, the better one."""
+    return [
+        {"a": labels[d.a], "b": labels[d.b], "diff": d.diff, "ci": [d.ci_low, d.ci_high],
+         "p_le_0": d.p_le_0, "better": {1: labels[d.a], -1: labels[d.b], 0: None}[d.verdict]}
+        for d in boot.diffs
+    ]  # fmt: skip
+
+
 def _bootstrap_lines(boot: BootstrapResult, labels: Sequence[str], all_pairs: bool) -> list[str]:
     pct = f"{100 * boot.level:g}%"
     how = (
@@ -293,13 +314,7 @@ def _bootstrap_lines(boot: BootstrapResult, labels: Sequence[str], all_pairs: bo
         f"| A − B | ΔAUC | {pct} CI | P(Δ* ≤ 0) | reading |",
         "|:--|--:|:--:|--:|:--|",
     ]
-    for d in boot.diffs:
-        a, b = _md(labels[d.a]), _md(labels[d.b])
-        reading = {1: f"{a} better", -1: f"{b} better", 0: "no clear difference"}[d.verdict]
-        lines.append(
-            f"| {a} − {b} | {d.diff:+.4f} | [{d.ci_low:+.4f}, {d.ci_high:+.4f}] "
-            f"| {_p_text(d, boot.n_boot)} | {reading} |"
-        )
+    lines += _diff_rows(boot, labels, lambda x: f"{x:+.4f}")
     lines += [
         "",
         "Pairs that share an image are not independent; resampling pairs treats them as if they "
@@ -586,17 +601,7 @@ def _pairs_report(
             "seed": boot.seed,
             "level": boot.level,
             "scheme": "paired; same and different pairs resampled separately",
-            "comparisons": [
-                {
-                    "a": labels[d.a],
-                    "b": labels[d.b],
-                    "diff": d.diff,
-                    "ci": [d.ci_low, d.ci_high],
-                    "p_le_0": d.p_le_0,
-                    "better": {1: labels[d.a], -1: labels[d.b], 0: None}[d.verdict],
-                }
-                for d in boot.diffs
-            ],
+            "comparisons": _comparisons_doc(boot, labels),
         }
     return lines, doc, boot
 
@@ -708,7 +713,10 @@ def _seeds_report(
 def probe_hits(run: Path) -> tuple[str, np.ndarray] | None:
     """(probe key, 1 where the mated probe's identity came first) from the run's
     ``verify/identify.json``; None when it holds no per-probe ranks (an older file)."""
-    doc = _identify_doc(run)
+    return _hits(_identify_doc(run))
+
+
+def _hits(doc: dict[str, Any]) -> tuple[str, np.ndarray] | None:
     ranks, mated, key = doc.get("probe_rank"), doc.get("probe_mated"), doc.get("probe_key")
     if not key or ranks is None or mated is None or len(ranks) != len(mated):
         return None
@@ -721,8 +729,9 @@ def _rank1_report(
     """Paired bootstrap over the probes of the rank-1 differences, when every run's
     ``identify.json`` holds per-probe ranks of the same probes; a one-line reason when only
     some can be paired; nothing when no run was identified."""
-    found = [probe_hits(r.path) for r in rows]
-    if len(rows) < 2 or not any(_identify_doc(r.path) for r in rows) or args.bootstrap == 0:
+    docs = [_identify_doc(r.path) for r in rows]
+    found = [_hits(d) for d in docs]
+    if len(rows) < 2 or not any(docs) or args.bootstrap == 0:
         return [], None
     if any(f is None for f in found) or len({f[0] for f in found}) > 1:
         why = (
@@ -758,22 +767,12 @@ def _rank1_report(
         f"| A − B | Δ rank-1 | {pct} CI | P(Δ* ≤ 0) | reading |",
         "|:--|--:|:--:|--:|:--|",
     ]
-    for d in boot.diffs:
-        a, b = _md(labels[d.a]), _md(labels[d.b])
-        reading = {1: f"{a} better", -1: f"{b} better", 0: "no clear difference"}[d.verdict]
-        lines.append(
-            f"| {a} − {b} | {100 * d.diff:+.2f} | [{100 * d.ci_low:+.2f}, {100 * d.ci_high:+.2f}]"
-            f" | {_p_text(d, boot.n_boot)} | {reading} |"
-        )
+    lines += _diff_rows(boot, labels, lambda x: f"{100 * x:+.2f}")
     doc = {
         "n_boot": boot.n_boot, "seed": boot.seed, "level": boot.level,
         "n_probes": int(hits[0].shape[1]), "pooled_seeds": pooled,
         "rank1": dict(zip(labels, boot.observed.tolist())),
-        "comparisons": [
-            {"a": labels[d.a], "b": labels[d.b], "diff": d.diff, "ci": [d.ci_low, d.ci_high],
-             "p_le_0": d.p_le_0, "better": {1: labels[d.a], -1: labels[d.b], 0: None}[d.verdict]}
-            for d in boot.diffs
-        ],
+        "comparisons": _comparisons_doc(boot, labels),
     }  # fmt: skip
     return lines, doc
 

@@ -266,22 +266,25 @@ def paired_bootstrap_hits(
     (columns), so the seeds of a configuration share each draw. Comparisons as in
     :func:`paired_bootstrap` (default :func:`choose_comparisons` of the observed rates).
     """
-    per_probe = [np.atleast_2d(np.asarray(h, dtype=np.float64)).mean(axis=0) for h in hits]
-    if not per_probe:
+    mats = [np.atleast_2d(np.asarray(h, dtype=np.float64)) for h in hits]
+    if not mats:
         raise ValueError("no runs to bootstrap")
-    n = len(per_probe[0])
-    if n == 0 or any(len(p) != n for p in per_probe):
-        raise ValueError(f"every run needs the same probes, got {[len(p) for p in per_probe]}")
+    n = mats[0].shape[1]
+    if n == 0 or any(h.shape[1] != n for h in mats):
+        raise ValueError(f"every run needs the same probes, got {[h.shape[1] for h in mats]}")
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
-    observed = np.array([p.mean() for p in per_probe])
+    # Sums over seeds, not means: 0/1 hits stay integers, so every resample's sum is exact
+    # whatever order BLAS adds in, and two runs with the same hits differ by exactly 0.
+    vals = np.stack([h.sum(axis=0) for h in mats], axis=1)  # (n, R)
+    scale = np.array([n * len(h) for h in mats], dtype=np.float64)
+    observed = vals.sum(axis=0) / scale
     if comparisons is None:
         comparisons = choose_comparisons(observed.tolist())
-    vals = np.stack(per_probe, axis=1)  # (n, R): one matrix product per block of resamples
-    stats = np.empty((len(per_probe), n_boot))
+    stats = np.empty((len(mats), n_boot))
     rng = np.random.default_rng(seed)
     chunk = chunk or max(1, _CHUNK_ELEMENTS // n)
     for start in range(0, n_boot, chunk):
         rows = min(chunk, n_boot - start)
-        stats[:, start : start + rows] = (_counts(rng, n, rows) @ vals).T / n
+        stats[:, start : start + rows] = (_counts(rng, n, rows) @ vals / scale).T
     return _result(observed, stats, comparisons, seed, level)

@@ -190,12 +190,11 @@ def probe_key(probes: Sequence[Any], labels: Sequence[Any] = ()) -> str:
     and ``/abs/data/x``) has one key; a set with an unreadable probe skipped has another.
     """
     names = [str(p) for p in probes]
-    if names and all(isinstance(p, (str, os.PathLike)) for p in probes):
-        try:
-            root = os.path.commonpath(names) if len(names) > 1 else os.path.dirname(names[0])
-            names = [os.path.relpath(n, root) if root else n for n in names]
-        except ValueError:  # mixed absolute and relative paths: keep them as they are
-            pass
+    try:
+        root = os.path.commonpath(names) if len(names) > 1 else os.path.dirname(names[0])
+        names = [os.path.relpath(n, root) if root else n for n in names]
+    except (ValueError, IndexError):  # mixed absolute and relative paths, or none: as they are
+        pass
     labs = [str(x) for x in labels] or [""] * len(names)
     if len(labs) != len(names):
         raise ValueError(f"probe_key: {len(labs)} labels for {len(names)} probes")

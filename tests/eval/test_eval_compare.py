@@ -174,6 +174,9 @@ def test_paired_bootstrap_hits_separates_only_a_real_difference():
     assert by[(1, 0)].verdict == 1 and by[(1, 0)].n_le_0 == 0
     tie = by.get((0, 2)) or by[(2, 0)]
     assert tie.verdict == 0
+    # the very same hits (one run, then its two seeds): every resampled difference is 0
+    d = paired_bootstrap_hits([weak, np.stack([weak, weak])], n_boot=200).diffs[0]
+    assert (d.diff, d.ci_low, d.ci_high, d.p_le_0, d.verdict) == (0.0, 0.0, 0.0, 1.0, 0)
     with pytest.raises(ValueError, match="the same probes"):
         paired_bootstrap_hits([weak, strong[:10]])
     with pytest.raises(ValueError, match="n_boot"):
